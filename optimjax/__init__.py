@@ -1,0 +1,33 @@
+"""optimjax: the classic optimizers as composable optax GradientTransformations, on torch.optim's trajectory."""
+
+from optimjax.adadelta import ScaleByAdadeltaState as ScaleByAdadeltaState
+from optimjax.adadelta import adadelta as adadelta
+from optimjax.adadelta import scale_by_adadelta as scale_by_adadelta
+from optimjax.adagrad import ScaleByAdagradState as ScaleByAdagradState
+from optimjax.adagrad import adagrad as adagrad
+from optimjax.adagrad import scale_by_adagrad as scale_by_adagrad
+from optimjax.adam import ScaleByAdamState as ScaleByAdamState
+from optimjax.adam import adam as adam
+from optimjax.adam import adamw as adamw
+from optimjax.adam import amsgrad as amsgrad
+from optimjax.adam import scale_by_adam as scale_by_adam
+from optimjax.learning_rate import ScaleByLearningRateState as ScaleByLearningRateState
+from optimjax.learning_rate import scale_by_learning_rate as scale_by_learning_rate
+from optimjax.nadam import ScaleByNadamState as ScaleByNadamState
+from optimjax.nadam import momentum_schedule as momentum_schedule
+from optimjax.nadam import nadam as nadam
+from optimjax.nadam import nadamw as nadamw
+from optimjax.nadam import scale_by_nadam as scale_by_nadam
+from optimjax.rmsprop import ScaleByRmsState as ScaleByRmsState
+from optimjax.rmsprop import rmsprop as rmsprop
+from optimjax.rmsprop import scale_by_rms as scale_by_rms
+from optimjax.sgd import MomentumState as MomentumState
+from optimjax.sgd import momentum as momentum
+from optimjax.sgd import nesterov as nesterov
+from optimjax.sgd import scale_by_momentum as scale_by_momentum
+from optimjax.sgd import scale_by_nesterov_momentum as scale_by_nesterov_momentum
+from optimjax.sgd import sgd as sgd
+from optimjax.weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
+from optimjax.weight_decay import add_decayed_weights as add_decayed_weights
+
+__version__ = "0.1.0"

@@ -1,0 +1,95 @@
+"""Tree math shared by every optimizer family.
+
+The formulas follow torch.optim's single-tensor code path operation by operation (torch's `lerp` rounding, bias
+corrections computed once per step as scalars), so that the trajectories agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def scalar_dtype() -> jnp.dtype:
+    """dtype of per-step scalars (bias corrections, NAdam's mu): float64 when `jax_enable_x64` is on, else float32."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def like(x: Any, leaf: jax.Array) -> jax.Array:
+    """`x` (a Python number or a scalar array) in `leaf`'s dtype, so that a scalar never promotes a leaf."""
+    return jnp.asarray(x, dtype=leaf.dtype)
+
+
+def zeros_like(params: Any, dtype: Any = None) -> Any:
+    """Zeros shaped like `params`, in `dtype` or, when None, in each leaf's own dtype."""
+    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype), params)
+
+
+def full_like(params: Any, value: Any) -> Any:
+    """`value` broadcast to every leaf of `params`, in the leaf's dtype."""
+    return jax.tree.map(lambda p: jnp.full_like(p, value), params)
+
+
+def lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
+    """`start + weight * (end - start)` with torch.lerp's rounding (the `end`-anchored form for weight >= 0.5).
+
+    The exponential moving average `m <- beta * m + (1 - beta) * g` is `lerp(m, g, 1 - beta)`, as in torch.optim.
+    """
+    w = like(weight, start)
+    near_start = start + w * (end - start)
+    near_end = end - (end - start) * (1 - w)
+    if isinstance(weight, (int, float)):
+        return near_start if abs(weight) < 0.5 else near_end
+    return jnp.where(jnp.abs(w) < 0.5, near_start, near_end)
+
+
+def ema_of_square(avg: jax.Array, g: jax.Array, decay: Any) -> jax.Array:
+    """`decay * avg + (1 - decay) * g**2`, in torch's order (`avg.mul_(decay).addcmul_(g, g, value=1 - decay)`)."""
+    return avg * like(decay, avg) + like(1 - decay, g) * g * g
+
+
+def log_of(decay: Any) -> Any:
+    """log(decay), in float64 for a Python number (with log(0) = -inf), traced otherwise."""
+    if isinstance(decay, (int, float)):
+        return math.log(decay) if decay > 0 else -math.inf
+    return jnp.log(jnp.asarray(decay, scalar_dtype()))
+
+
+def power(decay: Any, t: jax.Array) -> jax.Array:
+    """decay ** t for a float step count t >= 1."""
+    return jnp.exp(t * log_of(decay))
+
+
+def bias_correction(decay: Any, t: jax.Array) -> jax.Array:
+    """1 - decay ** t, computed as -expm1(t log decay): accurate to a few ulp even when decay is close to 1."""
+    return -jnp.expm1(t * log_of(decay))
+
+
+def next_count(count: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The incremented int32 step count (saturating at 2**31 - 1) and the same count as a float scalar."""
+    count = optax.safe_increment(count)
+    return count, count.astype(scalar_dtype())
+
+
+def check_tree(where: str, updates: Any, reference: Any) -> None:
+    """Raise ValueError if `updates` do not have the tree structure and leaf shapes of `reference` (the state).
+
+    Runs at trace time (shapes are static), so a mismatch is reported before XLA sees it, never broadcast away.
+    """
+    got, want = jax.tree.structure(updates), jax.tree.structure(reference)
+    if got != want:
+        raise ValueError(
+            f"{where}: update() got gradients whose tree structure does not match the state made by init(). "
+            f"Gradients: {got}; state: {want}. Call init() with parameters shaped like the gradients."
+        )
+    for path_and_g, r in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(reference)):
+        path, g = path_and_g
+        if jnp.shape(g) != jnp.shape(r):
+            raise ValueError(
+                f"{where}: update() got a gradient of shape {jnp.shape(g)} at {jax.tree_util.keystr(path)}, "
+                f"but init() made the state for shape {jnp.shape(r)} there."
+            )

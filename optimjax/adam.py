@@ -1,0 +1,183 @@
+"""Adam, AMSGrad and AdamW: `scale_by_adam`, `adam`, `amsgrad`, `adamw`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
+from optimjax._tree import bias_correction, check_tree, ema_of_square, lerp, like, next_count, zeros_like
+from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.weight_decay import add_decayed_weights
+
+
+class ScaleByAdamState(NamedTuple):
+    """State of `scale_by_adam`.
+
+    Attributes:
+      count: int32 number of updates so far, t.
+      mu: first moment m (EMA of g), in `mu_dtype` or the params' dtype.
+      nu: second moment v (EMA of g**2), in `nu_dtype` or the params' dtype.
+      nu_max: AMSGrad's running maximum of v (raw, before bias correction), or None without amsgrad.
+    """
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+    nu_max: Any
+
+
+def scale_by_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    amsgrad: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformation:
+    """Adam's preconditioned direction: Kingma & Ba (2014), "Adam: A Method for Stochastic Optimization", ICLR 2015.
+
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t               (torch: m.lerp_(g, 1 - b1))
+        v_t = b2 * v_{t-1} + (1 - b2) * g_t**2
+        vmax_t = max(vmax_{t-1}, v_t)                     (amsgrad only, else vmax_t = v_t)
+        d_t = (m_t / (1 - b1**t)) / (sqrt(vmax_t + eps_root') / sqrt(1 - b2**t) + eps)
+
+    with eps_root' = eps_root * (1 - b2**t), i.e. eps_root is added to the bias-corrected v inside the sqrt as in
+    optax (0 by default, as in torch). AMSGrad is Reddi, Kale & Kumar (2018), "On the Convergence of Adam and
+    Beyond", ICLR: like torch, the running max is taken over the raw v and bias-corrected afterwards (optax takes
+    the max of the corrected value, so its AMSGrad differs from torch's).
+
+    The bias corrections are per-step scalars, 1 - b**t = -expm1(t log b), accurate for b close to 1.
+
+    Args:
+      b1, b2: decay rates of the moments, in [0, 1).
+      eps: added to the denominator outside the square root, >= 0.
+      eps_root: added inside the square root, >= 0.
+      amsgrad: keep the running maximum of v.
+      mu_dtype, nu_dtype: dtypes to store m and v in (e.g. jnp.bfloat16); None keeps each param's dtype. The
+        update itself is computed in the gradients' dtype.
+    """
+    where = "scale_by_adam"
+    check_beta(where, "b1", b1)
+    check_beta(where, "b2", b2)
+    check_range(where, "eps", eps)
+    check_range(where, "eps_root", eps_root)
+
+    def init_fn(params):
+        nu = zeros_like(params, nu_dtype)
+        return ScaleByAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=zeros_like(params, mu_dtype),
+            nu=nu,
+            nu_max=nu if amsgrad else None,
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        check_tree(where, updates, state.mu)
+        count, t = next_count(state.count)
+        inv_bc1 = 1 / bias_correction(b1, t)
+        bc2 = bias_correction(b2, t)
+        bc2_sqrt = jnp.sqrt(bc2)
+        mu = jax.tree.map(lambda g, m: lerp(m.astype(g.dtype), g, 1 - b1), updates, state.mu)
+        nu = jax.tree.map(lambda g, v: ema_of_square(v.astype(g.dtype), g, b2), updates, state.nu)
+        nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
+        nu_hat = nu_max if amsgrad else nu
+
+        def direction(m, v):
+            if not is_zero(eps_root):
+                v = v + like(eps_root * bc2, v)
+            return like(inv_bc1, m) * m / (jnp.sqrt(v) / like(bc2_sqrt, v) + like(eps, v))
+
+        updates = jax.tree.map(direction, mu, nu_hat)
+        state = ScaleByAdamState(
+            count=count,
+            mu=optax.tree.cast(mu, mu_dtype),
+            nu=optax.tree.cast(nu, nu_dtype),
+            nu_max=optax.tree.cast(nu_max, nu_dtype),
+        )
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adam(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformation:
+    """Adam (Kingma & Ba, 2014) with optional coupled L2 weight decay and AMSGrad.
+
+        g_t <- g_t + weight_decay * theta_{t-1}
+        theta_t = theta_{t-1} - lr_t * d_t,   d_t from `scale_by_adam`
+
+    Same trajectory as `torch.optim.Adam(lr, betas=(b1, b2), eps, weight_decay, amsgrad)`; with the defaults, the
+    same as `optax.adam` too. For decoupled decay use `adamw`.
+    """
+    check_learning_rate("adam", learning_rate)
+    check_range("adam", "weight_decay", weight_decay)
+    return optax.chain(
+        add_decayed_weights(weight_decay),
+        scale_by_adam(b1, b2, eps, eps_root, amsgrad, mu_dtype, nu_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def amsgrad(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformation:
+    """AMSGrad (Reddi et al., 2018): Adam whose denominator uses the running maximum of the raw second moment.
+
+        vmax_t = max(vmax_{t-1}, v_t),   theta_t = theta_{t-1} - lr_t * (m_t / (1 - b1**t)) /
+                                                     (sqrt(vmax_t) / sqrt(1 - b2**t) + eps)
+
+    Same trajectory as `torch.optim.Adam(..., amsgrad=True)`; differs from `optax.amsgrad`, which takes the max
+    of the bias-corrected v.
+    """
+    return adam(learning_rate, b1, b2, eps, 0.0, weight_decay, True, mu_dtype, nu_dtype)
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    weight_decay: optax.ScalarOrSchedule = 1e-2,
+    mask: Any | Callable[[Any], Any] | None = None,
+    amsgrad: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformation:
+    """AdamW: Adam with decoupled weight decay, Loshchilov & Hutter (2019), "Decoupled Weight Decay
+    Regularization", ICLR.
+
+        theta_t = theta_{t-1} - lr_t * (d_t + weight_decay * theta_{t-1}),   d_t from `scale_by_adam`
+
+    The decay is not divided by Adam's denominator, so every weight shrinks at the same rate lr * weight_decay.
+    Same trajectory as `torch.optim.AdamW(lr, betas, eps, weight_decay, amsgrad)` (torch multiplies theta by
+    (1 - lr * weight_decay) first: equal in exact arithmetic) and as `optax.adamw`. The default weight_decay is
+    torch's 1e-2 (optax's is 1e-4). `mask` selects the leaves that decay (see `add_decayed_weights`).
+    """
+    check_learning_rate("adamw", learning_rate)
+    return optax.chain(
+        scale_by_adam(b1, b2, eps, eps_root, amsgrad, mu_dtype, nu_dtype),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )

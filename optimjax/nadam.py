@@ -1,0 +1,165 @@
+"""NAdam with Dozat's momentum schedule: `scale_by_nadam`, `nadam`, `nadamw`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
+from optimjax._tree import bias_correction, check_tree, ema_of_square, lerp, like, next_count, power, scalar_dtype
+from optimjax._tree import zeros_like
+from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.weight_decay import add_decayed_weights
+
+
+class ScaleByNadamState(NamedTuple):
+    """State of `scale_by_nadam`.
+
+    Attributes:
+      count: int32 number of updates so far, t.
+      mu_product: prod_{i<=t} mu_i, the running product of the scheduled momenta (a scalar, as torch keeps it).
+      mu: first moment m (EMA of g with rate b1), in `mu_dtype` or the params' dtype.
+      nu: second moment v (EMA of g**2), in `nu_dtype` or the params' dtype.
+    """
+
+    count: jax.Array
+    mu_product: jax.Array
+    mu: Any
+    nu: Any
+
+
+def momentum_schedule(b1: Any, momentum_decay: Any, t: Any) -> Any:
+    """Dozat's momentum schedule, mu_t = b1 * (1 - 0.5 * 0.96 ** (t * momentum_decay)).
+
+    mu_t rises from about b1 / 2 towards b1; with momentum_decay = 0 it stays at b1 / 2 for every t.
+    """
+    return b1 * (1 - 0.5 * power(0.96, t * momentum_decay))
+
+
+def scale_by_nadam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    momentum_decay: float = 4e-3,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformation:
+    """NAdam's direction: Dozat (2016), "Incorporating Nesterov Momentum into Adam", ICLR workshop, with the
+    momentum schedule mu_t of Dozat's paper, as torch.optim.NAdam and Keras' Nadam implement it:
+
+        mu_t = b1 * (1 - 0.5 * 0.96 ** (t * momentum_decay)),   P_t = mu_1 * ... * mu_t
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t,   v_t = b2 * v_{t-1} + (1 - b2) * g_t**2
+        denom_t = sqrt(v_t / (1 - b2**t)) + eps
+        d_t = (1 - mu_t) / (1 - P_t) * g_t / denom_t + mu_{t+1} / (1 - P_t * mu_{t+1}) * m_t / denom_t
+
+    The first term is the bias-corrected gradient, the second the momentum looked ahead one step (Nesterov)
+    with the next step's mu. The EMA of m uses b1 itself; the schedule only weights the two terms.
+
+    With momentum_decay = 0 the schedule is constant, mu_t = b1 / 2 (not b1: that is torch's formula, kept for
+    parity), P_t = (b1 / 2) ** t, and this is Dozat's constant-momentum NAdam with momentum b1 / 2 in the
+    look-ahead. `optax.nadam` uses the constant b1 there instead and has no schedule, so its trajectory differs.
+    P_t is a scalar in the state, accumulated in float32 (float64 with jax_enable_x64), like torch's
+    `mu_product` tensor.
+
+    Args:
+      b1, b2: decay rates of the moments, in [0, 1).
+      eps: added to the denominator outside the square root, >= 0.
+      momentum_decay: psi >= 0 in Dozat's schedule (torch's default 4e-3).
+      mu_dtype, nu_dtype: dtypes to store m and v in; None keeps each param's dtype.
+    """
+    where = "scale_by_nadam"
+    check_beta(where, "b1", b1)
+    check_beta(where, "b2", b2)
+    check_range(where, "eps", eps)
+    check_range(where, "momentum_decay", momentum_decay)
+
+    def init_fn(params):
+        return ScaleByNadamState(
+            count=jnp.zeros([], jnp.int32),
+            mu_product=jnp.ones([], scalar_dtype()),
+            mu=zeros_like(params, mu_dtype),
+            nu=zeros_like(params, nu_dtype),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        check_tree(where, updates, state.mu)
+        count, t = next_count(state.count)
+        mu_t = momentum_schedule(b1, momentum_decay, t)
+        mu_next = momentum_schedule(b1, momentum_decay, t + 1)
+        mu_product = state.mu_product * mu_t
+        grad_coef = (1 - mu_t) / (1 - mu_product)
+        momentum_coef = mu_next / (1 - mu_product * mu_next)
+        bc2 = bias_correction(b2, t)
+        mu = jax.tree.map(lambda g, m: lerp(m.astype(g.dtype), g, 1 - b1), updates, state.mu)
+        nu = jax.tree.map(lambda g, v: ema_of_square(v.astype(g.dtype), g, b2), updates, state.nu)
+
+        def direction(g, m, v):
+            denom = jnp.sqrt(v / like(bc2, v)) + like(eps, v)
+            return like(grad_coef, g) * g / denom + like(momentum_coef, m) * m / denom
+
+        updates = jax.tree.map(direction, updates, mu, nu)
+        state = ScaleByNadamState(
+            count=count,
+            mu_product=mu_product.astype(state.mu_product.dtype),
+            mu=optax.tree.cast(mu, mu_dtype),
+            nu=optax.tree.cast(nu, nu_dtype),
+        )
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def nadam(
+    learning_rate: optax.ScalarOrSchedule = 2e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    momentum_decay: float = 4e-3,
+    weight_decay: float = 0.0,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformation:
+    """NAdam (Dozat, 2016) with the momentum schedule and optional coupled L2 weight decay.
+
+        g_t <- g_t + weight_decay * theta_{t-1},   theta_t = theta_{t-1} - lr_t * d_t,   d_t from `scale_by_nadam`
+
+    Same trajectory as `torch.optim.NAdam(lr, betas=(b1, b2), eps, weight_decay, momentum_decay)`; differs from
+    `optax.nadam` (constant momentum b1). Defaults are torch's (lr = 2e-3).
+    """
+    check_learning_rate("nadam", learning_rate)
+    check_range("nadam", "weight_decay", weight_decay)
+    return optax.chain(
+        add_decayed_weights(weight_decay),
+        scale_by_nadam(b1, b2, eps, momentum_decay, mu_dtype, nu_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def nadamw(
+    learning_rate: optax.ScalarOrSchedule = 2e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    momentum_decay: float = 4e-3,
+    weight_decay: optax.ScalarOrSchedule = 1e-2,
+    mask: Any | Callable[[Any], Any] | None = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformation:
+    """NAdamW: NAdam with decoupled weight decay (Loshchilov & Hutter, 2019).
+
+        theta_t = theta_{t-1} - lr_t * (d_t + weight_decay * theta_{t-1}),   d_t from `scale_by_nadam`
+
+    Same trajectory as `torch.optim.NAdam(..., weight_decay=weight_decay, decoupled_weight_decay=True)`.
+    Default weight_decay 1e-2, as in `adamw`. `mask` selects the leaves that decay.
+    """
+    check_learning_rate("nadamw", learning_rate)
+    return optax.chain(
+        scale_by_nadam(b1, b2, eps, momentum_decay, mu_dtype, nu_dtype),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
