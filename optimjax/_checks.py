@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 
-def _concrete(value: Any) -> float | None:
+def concrete_value(value: Any) -> float | None:
     """`value` as a float, or None when it cannot be inspected (a tracer, a schedule, None)."""
     if value is None or callable(value) or isinstance(value, jax.core.Tracer):
         return None
@@ -28,7 +28,7 @@ def check_range(
 ) -> None:
     """Raise ValueError unless `low <= value < high` (or `<= high` when `high_open` is False)."""
     try:
-        x = _concrete(value)
+        x = concrete_value(value)
     except TypeError as err:
         raise ValueError(f"{where}: {name} must be a real number, got {value!r}") from err
     if x is None:

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental.shard_alike import shard_alike
 
 
 def scalar_dtype() -> jnp.dtype:
@@ -24,14 +25,25 @@ def like(x: Any, leaf: jax.Array) -> jax.Array:
     return jnp.asarray(x, dtype=leaf.dtype)
 
 
+def placed_like(x: jax.Array, p: Any) -> jax.Array:
+    """`x` (a new state leaf shaped like `p`), sharded like the parameter `p` also when traced by `jit`.
+
+    Eagerly, `jnp.zeros_like` already copies a committed array's sharding. Under `jit` it cannot: the zeros do not
+    depend on `p`, so XLA puts them on one device (or replicates them). `shard_alike` asks the partitioner to give
+    both the same sharding, so `jax.jit(tx.init)(params)` returns state sharded like the params without
+    `out_shardings`.
+    """
+    return shard_alike(x, p)[0] if isinstance(p, jax.core.Tracer) else x
+
+
 def zeros_like(params: Any, dtype: Any = None) -> Any:
-    """Zeros shaped like `params`, in `dtype` or, when None, in each leaf's own dtype."""
-    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype), params)
+    """Zeros shaped and sharded like `params`, in `dtype` or, when None, in each leaf's own dtype."""
+    return jax.tree.map(lambda p: placed_like(jnp.zeros_like(p, dtype=dtype), p), params)
 
 
 def full_like(params: Any, value: Any) -> Any:
-    """`value` broadcast to every leaf of `params`, in the leaf's dtype."""
-    return jax.tree.map(lambda p: jnp.full_like(p, value), params)
+    """`value` broadcast to every leaf of `params`, in the leaf's dtype and sharding."""
+    return jax.tree.map(lambda p: placed_like(jnp.full_like(p, value), p), params)
 
 
 def lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
@@ -75,7 +87,7 @@ def next_count(count: jax.Array) -> tuple[jax.Array, jax.Array]:
     return count, count.astype(scalar_dtype())
 
 
-def check_tree(where: str, updates: Any, reference: Any) -> None:
+def check_tree(where: str, updates: Any, reference: Any, reference_name: str = "the state made by init()") -> None:
     """Raise ValueError if `updates` do not have the tree structure and leaf shapes of `reference` (the state).
 
     Runs at trace time (shapes are static), so a mismatch is reported before XLA sees it, never broadcast away.
@@ -83,13 +95,13 @@ def check_tree(where: str, updates: Any, reference: Any) -> None:
     got, want = jax.tree.structure(updates), jax.tree.structure(reference)
     if got != want:
         raise ValueError(
-            f"{where}: update() got gradients whose tree structure does not match the state made by init(). "
-            f"Gradients: {got}; state: {want}. Call init() with parameters shaped like the gradients."
+            f"{where}: update() got gradients whose tree structure does not match {reference_name}. "
+            f"Gradients: {got}; expected: {want}."
         )
     for path_and_g, r in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(reference)):
         path, g = path_and_g
         if jnp.shape(g) != jnp.shape(r):
             raise ValueError(
                 f"{where}: update() got a gradient of shape {jnp.shape(g)} at {jax.tree_util.keystr(path)}, "
-                f"but init() made the state for shape {jnp.shape(r)} there."
+                f"but {reference_name} has shape {jnp.shape(r)} there."
             )

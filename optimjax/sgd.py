@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
+from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value, is_zero
 from optimjax._tree import check_tree, like, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
@@ -104,7 +104,7 @@ def sgd(
     """
     check_learning_rate("sgd", learning_rate)
     check_range("sgd", "weight_decay", weight_decay)
-    if nesterov and (momentum is None or is_zero(momentum) or not is_zero(dampening)):
+    if nesterov and (momentum is None or concrete_value(momentum) == 0 or concrete_value(dampening) not in (0, None)):
         raise ValueError(f"sgd: nesterov=True needs momentum > 0 and dampening = 0, got momentum={momentum!r}, "
                          f"dampening={dampening!r}")
     parts = [add_decayed_weights(weight_decay)]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_range, is_zero
-from optimjax._tree import like
+from optimjax._tree import check_tree, like
 
 
 class AddDecayedWeightsState(NamedTuple):
@@ -52,6 +52,8 @@ def add_decayed_weights(
         return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32)) if scheduled else optax.EmptyState()
 
     def update_fn(updates, state, params=None):
+        if params is not None:
+            check_tree("add_decayed_weights", updates, params, "the params")
         if is_zero(weight_decay):
             return updates, state
         if params is None:
