@@ -16,6 +16,22 @@ def test_readme_flax_example_runs_and_learns(capsys):
     assert "loss after 100 steps" in capsys.readouterr().out
 
 
+def test_readme_composition_example_decays_matrices_only():
+    import jax.numpy as jnp
+
+    code = re.findall(r"```python\n(.*?)```", README, re.S)[1]
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    tx = namespace["tx"]
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    zeros = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}
+    state = tx.init(params)
+    for _ in range(2):  # the warmup starts at lr = 0
+        updates, state = tx.update(zeros, state, params)
+    assert float(jnp.abs(updates["b"]).max()) == 0.0  # masked: no decay on the bias, zero gradient
+    assert float(updates["w"][0, 0]) < 0  # decayed towards zero
+
+
 def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.*?)\n```", README, re.S)
     test_command = next(c for c in commands if "pytest" in c)
