@@ -1,0 +1,317 @@
+"""Step time of every optimizer: optimjax against optax and torch.optim, and against the memory-bandwidth floor.
+
+    python -m bench.step                       # the default run: 3 configurations x 7 optimizers, a few minutes
+    python -m bench.step --configs 16M/8 --optimizers adamw,nadam --steps 40
+
+An optimizer step is memory traffic: fp32 AdamW reads params, grads, m, v and writes params, m, v, 28 bytes per
+parameter. The floor of a step is those bytes divided by the machine's streaming bandwidth, measured in the same
+run as `x <- x * c` in place over a 256 MiB buffer on all cores.
+
+How it times (see bench/README.md):
+- A JAX step is `jit(update + apply_updates)` with params and state donated, compiled before timing; each
+  implementation owns its buffers. torch.optim runs `step()` on tensors whose `.grad` holds the same gradients,
+  with `foreach=True` and with `fused=True` where torch has a fused kernel.
+- Implementations take turns, one step each, rotating which goes first, so that drift hits all alike. optax's
+  compiled step also runs on a second set of buffers as if it were another implementation: the A/A ratio of the
+  two is the noise of every ratio in the table.
+- torch runs in its own block after the JAX block of each round, then the run pauses, so that torch's OpenMP
+  workers, which spin after a step, have stopped before JAX runs again.
+- Reported: the median of the timed steps; "/optax" and "A/A" are medians of the ratio of two steps taken back
+  to back; "/fused" is the ratio of medians (torch ran in another block).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.harness import CONTENDERS, RESULTS, Config, Contender, Progress, cores, jitted_step, machine, median
+from bench.harness import parse_names, peak_bytes, tree_bytes, write_json
+
+DEFAULT_CONFIGS = "16M/8,16M/512,1M/256"
+JAX_IMPLS = ("optimjax", "optax", "optax A/A")
+TORCH_IMPLS = ("torch foreach", "torch fused")
+
+
+class JaxStep:
+    """One implementation's compiled step on its own params and state; a call runs one step, returns seconds."""
+
+    def __init__(self, tx: Any, params: list[np.ndarray], grads: list[jax.Array], compiled: Any = None):
+        self.params = [jnp.array(p) for p in params]
+        self.state = tx.init(self.params)
+        self.grads = grads
+        self.compiled = compiled or jitted_step(tx).lower(self.params, self.state, grads).compile()
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        self.params, self.state = self.compiled(self.params, self.state, self.grads)
+        jax.block_until_ready((self.params, self.state))
+        return time.perf_counter() - start
+
+
+class Stream:
+    """`x <- x * c` in place over an fp32 buffer on every core: each byte is read once and written once."""
+
+    def __init__(self, mib: int):
+        self.x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+        self.c = jnp.float32(-1.0)  # an argument, not a constant, so XLA cannot fold the multiply away
+        self.compiled = jax.jit(lambda x, c: x * c, donate_argnums=0).lower(self.x, self.c).compile()
+        stats = self.compiled.memory_analysis()
+        self.in_place = stats is None or stats.alias_size_in_bytes >= self.x.nbytes
+        self.bytes_moved = 2 * self.x.nbytes
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        self.x = self.compiled(self.x, self.c)
+        self.x.block_until_ready()
+        return time.perf_counter() - start
+
+
+class TorchStep:
+    """torch.optim's `step()` on its own copy of the params, whose `.grad` holds the gradients.
+
+    The gradients are not reset between steps (the JAX steps reuse theirs too). torch's foreach SGD with
+    nesterov=True adds the momentum into `.grad` in place, so its values drift from step to step; its work does not.
+    """
+
+    def __init__(self, torch: Any, contender: Contender, params: list[np.ndarray], grads: list[np.ndarray],
+                 flag: str, device: str):
+        self.tensors = [torch.tensor(p, device=device, requires_grad=True) for p in params]
+        for tensor, grad in zip(self.tensors, grads):
+            tensor.grad = torch.tensor(grad, device=device)
+        optimizer_class = getattr(torch.optim, contender.torch_class)
+        self.optimizer = optimizer_class(self.tensors, **contender.torch_kwargs, **{flag: True})
+        self.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        self.optimizer.step()
+        self.sync()
+        return time.perf_counter() - start
+
+
+def take_turns(runs: dict[str, Callable[[], float]], steps: int, first: int) -> dict[str, list[float]]:
+    """Run each implementation `steps` times, one step each in turn, rotating which one goes first."""
+    names = list(runs)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(steps):
+        k = (first + i) % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(runs[name]())
+    return samples
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over steps of numerator[i] / denominator[i]: the two ran back to back, so drift cancels."""
+    return median([a / b for a, b in zip(numerator, denominator)])
+
+
+def load_torch(threads: int | None) -> tuple[Any, str, str]:
+    """torch, the device it runs on and why it is skipped ("" when it runs)."""
+    try:
+        import torch
+    except ImportError:
+        return None, "", "torch is not installed"
+    if jax.default_backend() != "cpu":
+        if not torch.cuda.is_available():
+            return None, "", f"JAX runs on {jax.default_backend()} and this torch build has no CUDA"
+        device = "cuda"
+    else:
+        device = "cpu"
+    if threads:
+        torch.set_num_threads(threads)
+    return torch, device, ""
+
+
+def measure(contender: Contender, config: Config, params: list[np.ndarray], grads_np: list[np.ndarray],
+            grads: list[jax.Array], stream: Stream, torch: Any, device: str, args: argparse.Namespace,
+            progress: Progress) -> dict[str, Any]:
+    """Time one optimizer in one configuration: JAX and torch blocks in alternation, `args.rounds` times."""
+    progress(f"{config.name} {contender.name}: compiling", advance=False)
+    ours = JaxStep(contender.optimjax(), params, grads)
+    theirs = JaxStep(contender.optax(), params, grads)
+    jax_runs = {"optimjax": ours, "optax": theirs, "optax A/A": JaxStep(contender.optax(), params, grads,
+                                                                         compiled=theirs.compiled),
+                "stream": stream}
+    torch_runs, unavailable = {}, {}
+    for name, flag in zip(TORCH_IMPLS, ("foreach", "fused")):
+        if torch is None:
+            unavailable[name] = args.torch_skipped
+            continue
+        try:
+            torch_runs[name] = TorchStep(torch, contender, params, grads_np, flag, device)
+            torch_runs[name]()  # a first step fails here, not in the timed loop, where torch has no such kernel
+        except (TypeError, RuntimeError, ValueError) as err:
+            unavailable[name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+    progress(f"{config.name} {contender.name}: timing {args.rounds} rounds of {args.per_round} steps", advance=False)
+    take_turns(jax_runs, 1 + args.warmup, 0)  # every implementation takes 1 + warmup + timed steps in all
+    take_turns(torch_runs, args.warmup, 0)
+    time.sleep(args.pause)
+    samples: dict[str, list[float]] = {name: [] for name in [*jax_runs, *torch_runs]}
+    for r in range(args.rounds):
+        for block in (jax_runs, torch_runs):
+            for name, times in take_turns(block, args.per_round, r).items():
+                samples[name].extend(times)
+            time.sleep(args.pause)
+    stream_samples = samples.pop("stream")
+    ms = {name: 1e3 * median(times) for name, times in samples.items()}
+    state = ours.state
+    bound = tree_bytes(ours.params) + tree_bytes(grads) + tree_bytes(state) + max(p.nbytes for p in params)
+    row = {
+        "optimizer": contender.name,
+        "optax_differs": contender.optax_differs,
+        "floor_bytes_per_param": contender.floor_bytes(params[0].itemsize),
+        "ms": ms,
+        "ratio_to_optax": paired_ratio(samples["optimjax"], samples["optax"]),
+        "aa_ratio": paired_ratio(samples["optax A/A"], samples["optax"]),
+        "ratio_to_torch_fused": ms["optimjax"] / ms["torch fused"] if "torch fused" in ms else None,
+        "peak_bytes": {"optimjax": peak_bytes(ours.compiled), "optax": peak_bytes(theirs.compiled)},
+        "peak_bound_bytes": bound,
+        "torch_unavailable": unavailable,
+        "samples_ms": {name: [1e3 * t for t in times] for name, times in samples.items()},
+        "stream_samples_ms": [1e3 * t for t in stream_samples],
+    }
+    progress(f"{config.name} {contender.name}: optimjax {ms['optimjax']:.2f} ms, optax {ms['optax']:.2f} ms, "
+             f"torch fused {_ms(ms.get('torch fused'))}")
+    return row
+
+
+def finish_config(config: Config, rows: list[dict[str, Any]], stream: Stream) -> dict[str, Any]:
+    """Bandwidth from every stream sample of the configuration, then each row's floor and % of floor."""
+    stream_ms = median([t for row in rows for t in row.pop("stream_samples_ms")])
+    bandwidth = stream.bytes_moved / (stream_ms / 1e3)
+    for row in rows:
+        row["floor_ms"] = 1e3 * row["floor_bytes_per_param"] * config.n_params / bandwidth
+        row["pct_of_floor"] = {name: 100 * row["floor_ms"] / t for name, t in row["ms"].items()}
+    return {"config": config.name, "n_params": config.n_params, "n_leaves": config.n_leaves, "dtype": "float32",
+            "stream_mib": stream.x.nbytes // 2**20, "stream_in_place": stream.in_place, "stream_ms": stream_ms,
+            "bandwidth_gb_s": bandwidth / 1e9, "rows": rows}
+
+
+def _ms(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.2f}"
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.2f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """One configuration's results as a text table."""
+    head = (f"{result['config']} fp32 ({result['n_params']:,} params in {result['n_leaves']} leaves); stream "
+            f"bandwidth {result['bandwidth_gb_s']:.1f} GB/s ({result['stream_mib']} MiB in place)")
+    cols = ("optimizer", "floor", "optimjax", "optax", "A/A", "torch fe", "torch fu", "/optax", "/fused",
+            "%floor", "optax %fl", "fused %fl", "peak MiB", "bound")
+    lines = [head, "  ".join(f"{c:>9}" for c in cols)]
+    for row in result["rows"]:
+        ms, pct, peak = row["ms"], row["pct_of_floor"], row["peak_bytes"]["optimjax"]
+        cells = (row["optimizer"], _ms(row["floor_ms"]), _ms(ms["optimjax"]), _ms(ms["optax"]), _ratio(row["aa_ratio"]),
+                 _ms(ms.get("torch foreach")), _ms(ms.get("torch fused")), _ratio(row["ratio_to_optax"]),
+                 _ratio(row["ratio_to_torch_fused"]), f"{pct['optimjax']:.0f}%", f"{pct['optax']:.0f}%",
+                 f"{pct['torch fused']:.0f}%" if "torch fused" in pct else "n/a",
+                 "n/a" if peak is None else f"{peak / 2**20:.0f}", f"{row['peak_bound_bytes'] / 2**20:.0f}")
+        lines.append("  ".join(f"{c:>9}" for c in cells))
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """ms per step of each implementation, one panel per configuration, the floor as a black bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = results["configs"]
+    fig, axes = plt.subplots(1, len(configs), figsize=(6 * len(configs), 4.5), squeeze=False)
+    impls = ("optimjax", "optax", *TORCH_IMPLS)
+    width = 0.8 / len(impls)
+    for ax, result in zip(axes[0], configs):
+        names = [row["optimizer"] for row in result["rows"]]
+        x = np.arange(len(names))
+        for k, impl in enumerate(impls):
+            heights = [row["ms"].get(impl, np.nan) for row in result["rows"]]
+            ax.bar(x - 0.4 + (k + 0.5) * width, heights, width, label=impl)
+        for i, row in enumerate(result["rows"]):
+            ax.hlines(row["floor_ms"], i - 0.45, i + 0.45, colors="black", label="floor" if i == 0 else None)
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per step (log)")
+        ax.set_title(f"{result['config']} fp32, stream {result['bandwidth_gb_s']:.1f} GB/s")
+    axes[0][0].legend(fontsize=8)
+    m = results["machine"]
+    fig.suptitle(f"{m['cpu']}, {m['cores']} cores, {m['device']}, load at start {m['load_average_at_start'][0]} "
+                 f"({m['date'][:10]})", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(configs: str = DEFAULT_CONFIGS, optimizers: str = "all", steps: int = 20, rounds: int = 4, warmup: int = 3,
+        stream_mib: int = 256, torch_threads: int | None = None, no_torch: bool = False, pause: float = 0.2,
+        out: Path | None = RESULTS) -> dict[str, Any]:
+    """Run the benchmark, print one table per configuration, write `step.json` and `step.png` to `out`."""
+    if steps < 1 or rounds < 1 or warmup < 0 or stream_mib < 1:
+        raise ValueError(f"steps and rounds must be >= 1, warmup >= 0, stream_mib >= 1; got steps={steps}, "
+                         f"rounds={rounds}, warmup={warmup}, stream_mib={stream_mib}")
+    config_list = [Config.parse(text) for text in configs.split(",")]
+    names = parse_names("--optimizers", optimizers)
+    torch, device, skipped = (None, "", "--no-torch") if no_torch else load_torch(torch_threads or cores())
+    args = argparse.Namespace(rounds=rounds, per_round=math.ceil(steps / rounds), warmup=warmup, pause=pause,
+                              torch_skipped=skipped)
+    results: dict[str, Any] = {
+        "benchmark": "step",
+        "machine": machine(torch),
+        "settings": {"configs": configs, "optimizers": names, "timed_steps": args.per_round * rounds,
+                     "rounds": rounds, "warmup": warmup, "stream_mib": stream_mib, "torch_device": device,
+                     "torch_skipped": skipped, "pause_s": pause},
+        "configs": [],
+    }
+    progress = Progress(len(config_list) * len(names))
+    stream = Stream(stream_mib)
+    for config in config_list:
+        params, grads_np = config.arrays(seed=0), config.arrays(seed=1)
+        grads = [jnp.asarray(g) for g in grads_np]
+        rows = [measure(CONTENDERS[name], config, params, grads_np, grads, stream, torch, device, args, progress)
+                for name in names]
+        result = finish_config(config, rows, stream)
+        results["configs"].append(result)
+        print(table(result), flush=True)
+        print(flush=True)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if out is not None:
+        write_json(Path(out) / "step.json", results)
+        plot(results, Path(out) / "step.png")
+        print(f"wrote {Path(out) / 'step.json'} and {Path(out) / 'step.png'}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.step", description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="PARAMS/LEAVES,... (default %(default)s)")
+    parser.add_argument("--optimizers", default="all", help="comma-separated names or 'all'")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per implementation (default 20)")
+    parser.add_argument("--rounds", type=int, default=4, help="JAX/torch block alternations (default 4)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    parser.add_argument("--stream-mib", type=int, default=256, help="bandwidth buffer size (default 256)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: cores)")
+    parser.add_argument("--no-torch", action="store_true", help="skip torch.optim")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where step.json and step.png go")
+    a = parser.parse_args(argv)
+    try:
+        run(a.configs, a.optimizers, a.steps, a.rounds, a.warmup, a.stream_mib, a.torch_threads, a.no_torch,
+            out=a.out)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+if __name__ == "__main__":
+    main()

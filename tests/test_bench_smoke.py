@@ -1,0 +1,121 @@
+"""The benchmarks under bench/ run end to end on a tiny configuration (seconds), so that they cannot rot.
+
+These tests check what the harness produces (every row, positive and finite timings, the floor's byte count, the
+peak-memory bound of the issue, like-for-like optimizers); they never assert on speed.
+"""
+
+import json
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from bench import compile as compile_bench
+from bench import step as step_bench
+from bench.harness import CONTENDERS, Config
+
+# Bytes an ideal fp32 step moves per parameter (issue 4): params read + written, grads read, each state array
+# read + written. SGD with momentum, RMSprop and Adagrad keep one state array; the Adam family keeps two.
+FLOOR_BYTES = {"sgd_nesterov": 20, "adam": 28, "adamw": 28, "nadam": 28, "nadamw": 28, "rmsprop": 20, "adagrad": 20}
+# torch 2.13 has a fused CPU kernel for these and not for the others.
+TORCH_FUSED = {"sgd_nesterov", "adam", "adamw", "adagrad"}
+
+
+def _flat_params(run):
+    if isinstance(run, step_bench.TorchStep):
+        return np.concatenate([t.detach().numpy().ravel() for t in run.tensors])
+    return np.concatenate([np.asarray(p).ravel() for p in run.params])
+
+
+def _positive_finite(x):
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_step_benchmark_writes_every_row(tmp_path):
+    n_params, n_leaves, steps = 3001, 3, 2
+    step_bench.run(configs=f"{n_params}/{n_leaves}", steps=steps, rounds=2, warmup=1, stream_mib=1, pause=0.0,
+                   out=tmp_path)
+    saved = json.loads((tmp_path / "step.json").read_text())
+    assert (tmp_path / "step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert saved["machine"]["cores"] >= 1 and saved["machine"]["jax_backend"] == "cpu"
+    (config,) = saved["configs"]
+    assert (config["n_params"], config["n_leaves"]) == (n_params, n_leaves)
+    assert config["stream_in_place"] and _positive_finite(config["bandwidth_gb_s"])
+    assert [row["optimizer"] for row in config["rows"]] == list(FLOOR_BYTES)
+    for row in config["rows"]:
+        name = row["optimizer"]
+        expected = {"optimjax", "optax", "optax A/A", "torch foreach"} | ({"torch fused"} if name in TORCH_FUSED else set())
+        assert set(row["ms"]) == expected, name
+        assert set(row["torch_unavailable"]) == {"torch foreach", "torch fused"} - expected, name
+        for impl, ms in row["ms"].items():
+            assert _positive_finite(ms), (name, impl, ms)
+            assert len(row["samples_ms"][impl]) == steps and all(map(_positive_finite, row["samples_ms"][impl]))
+        for ratio in (row["ratio_to_optax"], row["aa_ratio"]):
+            assert _positive_finite(ratio), (name, ratio)
+        assert (row["ratio_to_torch_fused"] is not None) == (name in TORCH_FUSED)
+        assert row["floor_bytes_per_param"] == FLOOR_BYTES[name]
+        bandwidth = config["bandwidth_gb_s"] * 1e9
+        assert row["floor_ms"] == pytest.approx(1e3 * FLOOR_BYTES[name] * n_params / bandwidth)
+        assert row["pct_of_floor"]["optimjax"] == pytest.approx(100 * row["floor_ms"] / row["ms"]["optimjax"])
+        # Peak memory of a step: params + grads + state (fp32, state arrays = (floor - 12) / 8) + one leaf
+        # (+ a few scalars: step counts, NAdam's mu product).
+        state_arrays = (FLOOR_BYTES[name] - 12) // 8
+        bound = 4 * n_params * (2 + state_arrays) + 4 * math.ceil(n_params / n_leaves) + 64
+        assert 0 < row["peak_bytes"]["optimjax"] <= bound, (name, row["peak_bytes"], bound)
+
+
+def test_compile_benchmark_writes_every_row(tmp_path):
+    compile_bench.run(leaves="1,3", optimizers="sgd_nesterov,adamw", repeats=1, out=tmp_path)
+    saved = json.loads((tmp_path / "compile.json").read_text())
+    assert (tmp_path / "compile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [(r["leaves"], r["optimizer"]) for r in saved["rows"]] == [
+        (1, "sgd_nesterov"), (1, "adamw"), (3, "sgd_nesterov"), (3, "adamw")]
+    for row in saved["rows"]:
+        for impl in ("optimjax", "optax"):
+            times = row[impl]
+            assert all(_positive_finite(times[k]) for k in ("trace_s", "compile_s", "total_s")), row
+            assert times["total_s"] == pytest.approx(times["trace_s"] + times["compile_s"])
+        assert row["ratio"] == pytest.approx(row["optimjax"]["total_s"] / row["optax"]["total_s"])
+
+
+def test_bad_arguments_name_the_option():
+    with pytest.raises(ValueError, match="--configs"):
+        step_bench.run(configs="16M", out=None)
+    with pytest.raises(ValueError, match="--optimizers.*adamx"):
+        step_bench.run(configs="1K/1", optimizers="adamx", out=None)
+    with pytest.raises(ValueError, match="--leaves"):
+        compile_bench.run(leaves="ten", out=None)
+
+
+@pytest.mark.parametrize("name", list(CONTENDERS))
+def test_benchmarked_steps_compare_like_with_like(name):
+    """The timed steps are the optimizer they claim to be: optimjax's, torch's (foreach and fused) and, where
+    optax has the same method (`optax_differs` empty), optax's end at the same parameters."""
+    contender = CONTENDERS[name]
+    params, grads = Config(3001, 3).arrays(seed=0), Config(3001, 3).arrays(seed=1)
+    jax_grads = [jnp.asarray(g) for g in grads]
+    runs = {"optimjax": step_bench.JaxStep(contender.optimjax(), params, jax_grads),
+            "optax": step_bench.JaxStep(contender.optax(), params, jax_grads),
+            "torch foreach": step_bench.TorchStep(torch, contender, params, grads, "foreach", "cpu")}
+    if name in TORCH_FUSED:
+        runs["torch fused"] = step_bench.TorchStep(torch, contender, params, grads, "fused", "cpu")
+    for _ in range(5):
+        for impl, run in runs.items():
+            if impl.startswith("torch"):  # foreach SGD(nesterov=True) adds the momentum into .grad in place
+                for tensor, grad in zip(run.tensors, grads):
+                    tensor.grad.copy_(torch.from_numpy(grad))
+            run()
+    final = {impl: _flat_params(run) for impl, run in runs.items()}
+    reference, start = final.pop("torch foreach"), np.concatenate(params)
+    scale = np.max(np.abs(reference - start))
+    assert scale > 1e-4, "the parameters should move"
+    # Close: within a few float32 ulps of each parameter (AdamW's decay rounds differently in torch) plus 1e-5 of
+    # the largest displacement.
+    close = {impl: bool(np.all(np.abs(x - reference) <= 1e-6 * np.abs(reference) + 1e-5 * scale))
+             for impl, x in final.items()}
+    assert close["optimjax"] and close.get("torch fused", True), close
+    assert close["optax"] != bool(contender.optax_differs), (
+        f"{name}: optax {'agrees' if close['optax'] else 'disagrees'} with torch, but optax_differs says "
+        f"{contender.optax_differs!r}")
