@@ -1,0 +1,59 @@
+"""Execute every notebook under notebooks/ with nbclient; any error in any cell fails the test.
+
+Each notebook runs in a copy inside a temporary directory, so that the figures it writes (figures/*.png) do not
+overwrite the committed ones; the test then checks that those figures were written and are real images. The
+notebooks contain their own assertions (e.g. Nesterov's look-ahead equivalence), which run here too.
+
+Also checks that the committed notebooks carry their outputs (they are rendered, unexecuted, by the docs site).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import matplotlib.image
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+EXPECTED = {"pathological_curvature", "nesterov_lookahead", "nadam_schedule", "flax_training"}
+
+
+def test_the_four_notebooks_are_there():
+    assert EXPECTED <= {path.stem for path in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_notebook_has_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code, f"{path.name} has no code cells"
+    not_run = [i for i, cell in enumerate(code) if cell.execution_count is None]
+    assert not not_run, f"{path.name}: code cells {not_run} were never executed; re-execute and save the notebook"
+    errors = [out for cell in code for out in cell.outputs if out.output_type == "error"]
+    assert not errors, f"{path.name} was saved with an error output: {errors[0].ename}: {errors[0].evalue}"
+    images = sum("image/png" in out.get("data", {}) for cell in code for out in cell.outputs)
+    assert images >= 1, f"{path.name} was saved without its figures"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path, tmp_path):
+    shutil.copy(path, tmp_path / path.name)
+    notebook = nbformat.read(tmp_path / path.name, as_version=4)
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}})
+    start = time.perf_counter()
+    client.execute()  # raises CellExecutionError, with the cell and the traceback, on any error
+    print(f"{path.name}: executed in {time.perf_counter() - start:.1f} s")
+    nbformat.validate(notebook)
+    figures = sorted((tmp_path / "figures").glob("*.png"))
+    assert figures, f"{path.name} wrote no figure under figures/"
+    for figure in figures:
+        assert (NOTEBOOKS_DIR / "figures" / figure.name).is_file(), f"notebooks/figures/{figure.name} is not committed"
+        image = matplotlib.image.imread(figure)
+        height, width = image.shape[:2]
+        assert height >= 200 and width >= 300, f"{figure.name} is only {width}x{height} pixels"
+        assert image.std() > 0.01, f"{figure.name} is blank"
