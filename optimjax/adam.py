@@ -174,6 +174,17 @@ def adamw(
     Same trajectory as `torch.optim.AdamW(lr, betas, eps, weight_decay, amsgrad)` (torch multiplies theta by
     (1 - lr * weight_decay) first: equal in exact arithmetic) and as `optax.adamw`. The default weight_decay is
     torch's 1e-2 (optax's is 1e-4). `mask` selects the leaves that decay (see `add_decayed_weights`).
+
+    Examples:
+      Adam's first direction is m_1 / sqrt(v_1) = sign(g); the decay adds weight_decay * theta, and both are
+      scaled by lr: theta_1 = theta_0 - 0.1 * (1 + 0.5 * theta_0), i.e. 1 -> 0.85 and -2 -> -2.
+
+      >>> import jax.numpy as jnp, optax, optimjax
+      >>> tx = optimjax.adamw(learning_rate=0.1, weight_decay=0.5)
+      >>> params = jnp.array([1.0, -2.0])
+      >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
+      >>> print(optax.apply_updates(params, updates))
+      [ 0.85 -2.  ]
     """
     check_learning_rate("adamw", learning_rate)
     return optax.chain(

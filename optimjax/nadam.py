@@ -35,6 +35,15 @@ def momentum_schedule(b1: Any, momentum_decay: Any, t: Any) -> Any:
     """Dozat's momentum schedule, mu_t = b1 * (1 - 0.5 * 0.96 ** (t * momentum_decay)).
 
     mu_t rises from about b1 / 2 towards b1; with momentum_decay = 0 it stays at b1 / 2 for every t.
+
+    Examples:
+      >>> import optimjax
+      >>> print(f"{float(optimjax.momentum_schedule(0.9, 4e-3, 1)):.5f}")  # 0.9 * (1 - 0.5 * 0.96 ** 0.004)
+      0.45007
+      >>> print(f"{float(optimjax.momentum_schedule(0.9, 4e-3, 10_000)):.5f}")
+      0.81209
+      >>> print(f"{float(optimjax.momentum_schedule(0.9, 0.0, 10_000)):.5f}")  # b1 / 2 at every step
+      0.45000
     """
     return b1 * (1 - 0.5 * power(0.96, t * momentum_decay))
 

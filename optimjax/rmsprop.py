@@ -41,6 +41,15 @@ def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, centered: bool = False)
 
     Same as torch.optim.RMSprop (eps outside the sqrt; defaults decay = alpha = 0.99, eps = 1e-8). Differs from
     `optax.scale_by_rms`, whose default puts eps inside the sqrt (and whose default decay is 0.9).
+
+    Examples:
+      The first direction is g / sqrt((1 - decay) * g**2) = sign(g) / sqrt(1 - decay): 10 sign(g) for decay 0.99.
+
+      >>> import jax.numpy as jnp, optimjax
+      >>> tx = optimjax.scale_by_rms(decay=0.99)
+      >>> direction, _ = tx.update(jnp.array([3.0, -0.5]), tx.init(jnp.zeros(2)))
+      >>> print(jnp.round(direction, 4))
+      [ 10. -10.]
     """
     where = "scale_by_rms"
     check_beta(where, "decay", decay)

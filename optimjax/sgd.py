@@ -101,6 +101,21 @@ def sgd(
       nesterov: use Nesterov momentum (needs `momentum` and dampening = 0).
       dampening: in [0, 1], scales the gradient in the heavy-ball buffer after the first step.
       weight_decay: L2 coefficient added to the gradient (coupled), >= 0.
+
+    Examples:
+      Nesterov on f(p) = p**2 / 2 (gradient p) from p = 1: v_1 = 1, p_1 = 1 - 0.1 * (1 + 0.9 * 1) = 0.81;
+      v_2 = 0.9 * 1 + 0.81 = 1.71, p_2 = 0.81 - 0.1 * (0.81 + 0.9 * 1.71) = 0.5751.
+
+      >>> import jax.numpy as jnp, optax, optimjax
+      >>> tx = optimjax.sgd(learning_rate=0.1, momentum=0.9, nesterov=True)
+      >>> p = jnp.array(1.0)
+      >>> state = tx.init(p)
+      >>> for _ in range(2):
+      ...     updates, state = tx.update(p, state, p)
+      ...     p = optax.apply_updates(p, updates)
+      ...     print(f"{float(p):.4f}")
+      0.8100
+      0.5751
     """
     check_learning_rate("sgd", learning_rate)
     check_range("sgd", "weight_decay", weight_decay)

@@ -43,6 +43,17 @@ def add_decayed_weights(
 
     Requires `params` in `update`. Same as `optax.add_decayed_weights`, except that the decay is cast to each
     leaf's dtype (so an injected float32 hyperparameter never turns bf16 updates into float32).
+
+    Examples:
+      Decay the weights but not the bias: the update of "w" becomes g + 0.1 * w, that of "b" stays g.
+
+      >>> import jax.numpy as jnp, optimjax
+      >>> params = {"w": jnp.array([2.0, -4.0]), "b": jnp.array([2.0])}
+      >>> tx = optimjax.add_decayed_weights(0.1, mask={"w": True, "b": False})
+      >>> grads = {"w": jnp.array([1.0, 1.0]), "b": jnp.array([1.0])}
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> print(updates["w"], updates["b"])
+      [1.2 0.6] [1.]
     """
     check_range("add_decayed_weights", "weight_decay", weight_decay)
     scheduled = callable(weight_decay)
