@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.experimental.shard_alike import shard_alike
 
@@ -21,8 +22,17 @@ def scalar_dtype() -> jnp.dtype:
 
 
 def like(x: Any, leaf: jax.Array) -> jax.Array:
-    """`x` (a Python number or a scalar array) in `leaf`'s dtype, so that a scalar never promotes a leaf."""
-    return jnp.asarray(x, dtype=leaf.dtype)
+    """`x` (a Python number or a scalar array) in `leaf`'s dtype, so that a scalar never promotes a leaf.
+
+    A Python number becomes a numpy constant and an array already in that dtype is returned as is: neither adds
+    an operation to trace, which matters when every leaf of a large tree asks for the same scalars.
+    """
+    dtype = leaf.dtype
+    if isinstance(x, (int, float)):
+        return np.asarray(x, dtype)
+    if isinstance(x, jax.Array) and x.dtype == dtype:
+        return x
+    return jnp.asarray(x, dtype=dtype)
 
 
 def placed_like(x: jax.Array, p: Any) -> jax.Array:
@@ -52,11 +62,16 @@ def lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
     The exponential moving average `m <- beta * m + (1 - beta) * g` is `lerp(m, g, 1 - beta)`, as in torch.optim.
     """
     w = like(weight, start)
-    near_start = start + w * (end - start)
-    near_end = end - (end - start) * (1 - w)
-    if isinstance(weight, (int, float)):
-        return near_start if abs(weight) < 0.5 else near_end
-    return jnp.where(jnp.abs(w) < 0.5, near_start, near_end)
+
+    def near_start():
+        return start + w * (end - start)
+
+    def near_end():
+        return end - (end - start) * (1 - w)
+
+    if isinstance(weight, (int, float)):  # known when tracing: build only the branch torch takes
+        return near_start() if abs(weight) < 0.5 else near_end()
+    return jnp.where(jnp.abs(w) < 0.5, near_start(), near_end())
 
 
 def ema_of_square(avg: jax.Array, g: jax.Array, decay: Any) -> jax.Array:
