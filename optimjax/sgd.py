@@ -39,9 +39,11 @@ def _momentum(where: str, beta: Any, dampening: Any, nesterov: bool) -> optax.Gr
         check_tree(where, updates, state.velocity)
         # torch starts the buffer at g (no dampening on the first step): v_1 = g.
         damp = jnp.where(state.count == 0, 0.0, dampening) if not is_zero(dampening) else 0.0
-        velocity = jax.tree.map(
-            lambda g, v: v * like(beta, v) + like(1 - damp, g) * g, updates, state.velocity
-        )
+
+        def new_velocity(g, v):  # torch: v.mul_(beta).add_(g, alpha=1 - dampening); alpha = 1 adds g as is
+            return v * like(beta, v) + (g if is_zero(damp) else like(1 - damp, g) * g)
+
+        velocity = jax.tree.map(new_velocity, updates, state.velocity)
         if nesterov:
             updates = jax.tree.map(lambda g, v: g + like(beta, v) * v, updates, velocity)
         else:
