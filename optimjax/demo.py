@@ -4,7 +4,7 @@ Each optimizer trains the same network from the same initialisation on the same 
 tuned for it (`LEARNING_RATES`), then the demo prints a table of final train loss, test loss, test accuracy and
 wall time, and writes a PNG of the loss curves. Progress goes to stderr, the table to stdout.
 
-The building blocks (`load_digits_split`, `init_mlp`, `make_trainer`, `evaluate`, `train`) are also used by
+The building blocks (`load_digits_split`, `init_mlp`, `minibatches`, `make_trainer`, `evaluate`) are also used by
 `notebooks/flax_training.ipynb`, which shows how the learning rates were tuned.
 
 Needs the demo extra: `pip install -e ".[demo]"` (scikit-learn for the data, matplotlib for the plot).
@@ -173,9 +173,12 @@ def make_trainer(
     def run(params, opt_state, hyperparameter, batches):
         tx = make_optimizer(hyperparameter)
 
+        def batch_loss(params, batch):
+            return evaluate(graphdef, params, Split(train.x[batch], train.y[batch]))[0]
+
         def step(carry, batch):
             params, opt_state = carry
-            loss, grads = jax.value_and_grad(lambda p: evaluate(graphdef, p, Split(train.x[batch], train.y[batch]))[0])(params)
+            loss, grads = jax.value_and_grad(batch_loss)(params, batch)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 

@@ -71,3 +71,15 @@ def test_notebooks_are_rendered_with_their_outputs(site):
         page = (site / "notebooks" / notebook / "index.html").read_text(encoding="utf-8")
         assert page.count("data:image/png;base64") >= 2, f"{notebook}: figures missing from the rendered page"
         assert "Traceback" not in page
+
+
+DOC_PAGES_WITH_CODE = sorted(p for p in (ROOT / "docs").rglob("*.md") if "```python" in p.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("page", DOC_PAGES_WITH_CODE, ids=[p.name for p in DOC_PAGES_WITH_CODE])
+def test_code_examples_in_the_docs_run(page):
+    text = page.read_text(encoding="utf-8")
+    blocks = text.split("```python\n")[1:]
+    assert blocks
+    for block in blocks:
+        exec(compile(block.split("```")[0], str(page), "exec"), {})
