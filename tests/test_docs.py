@@ -55,8 +55,12 @@ def test_every_public_name_has_an_api_entry(site):
     html = "\n".join(path.read_text(encoding="utf-8") for path in (site / "api").rglob("*.html"))
     public = [name for name in dir(optimjax) if not name.startswith("_") and callable(getattr(optimjax, name))]
     assert "adamw" in public and "ScaleByAdamState" in public
-    missing = [name for name in public if f'id="optimjax.{name}"' not in html]
+    # Each family page renders its module, so the heading of optimjax.adamw has the id "optimjax.adam.adamw".
+    ids = {name: f'id="{getattr(optimjax, name).__module__}.{name}"' for name in public}
+    missing = [name for name, anchor in ids.items() if anchor not in html]
     assert not missing, f"no API entry (mkdocstrings heading) for: {missing}"
+    duplicated = [name for name, anchor in ids.items() if html.count(anchor) > 1]
+    assert not duplicated, f"documented twice: {duplicated}"
 
 
 def test_api_pages_render_the_equations_and_arguments(site):
