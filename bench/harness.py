@@ -204,6 +204,7 @@ def machine(torch: Any = None) -> dict[str, Any]:
         "device": f"{device.platform}: {device.device_kind}",
         "device_count": jax.device_count(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "versions": versions,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

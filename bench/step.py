@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -98,11 +99,21 @@ class TorchStep:
         return time.perf_counter() - start
 
 
+def loops_per_leaf(compiled: Any, n_leaves: int) -> float:
+    """Loops over leaf-sized arrays (XLA kernels with array outputs) in the optimized HLO, per leaf.
+
+    optax's and optimjax's fp32 Adam step is 3 (m, v, then the parameters); a single pass per leaf would be 1.
+    """
+    entry = compiled.as_text().split("\nENTRY", 1)[1]
+    kernels = re.findall(r"^\s*(?:ROOT )?%\S+ = (\([^)]*\)|\w+\[[^\]]*\]\S*) (?:fusion|copy|custom-call)\(", entry, re.M)
+    return sum(1 for shape in kernels if re.search(r"\[\d", shape)) / n_leaves
+
+
 def take_turns(runs: dict[str, Callable[[], float]], steps: int, first: int) -> dict[str, list[float]]:
     """Run each implementation `steps` times, one step each in turn, rotating which one goes first."""
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(steps):
+    for i in range(steps if names else 0):
         k = (first + i) % len(names)
         for name in names[k:] + names[:k]:
             samples[name].append(runs[name]())
@@ -157,7 +168,7 @@ def measure(contender: Contender, config: Config, params: list[np.ndarray], grad
     time.sleep(args.pause)
     samples: dict[str, list[float]] = {name: [] for name in [*jax_runs, *torch_runs]}
     for r in range(args.rounds):
-        for block in (jax_runs, torch_runs):
+        for block in (jax_runs, torch_runs) if torch_runs else (jax_runs,):
             for name, times in take_turns(block, args.per_round, r).items():
                 samples[name].extend(times)
             time.sleep(args.pause)
@@ -174,6 +185,8 @@ def measure(contender: Contender, config: Config, params: list[np.ndarray], grad
         "aa_ratio": paired_ratio(samples["optax A/A"], samples["optax"]),
         "ratio_to_torch_fused": ms["optimjax"] / ms["torch fused"] if "torch fused" in ms else None,
         "peak_bytes": {"optimjax": peak_bytes(ours.compiled), "optax": peak_bytes(theirs.compiled)},
+        "loops_per_leaf": {"optimjax": loops_per_leaf(ours.compiled, config.n_leaves),
+                           "optax": loops_per_leaf(theirs.compiled, config.n_leaves)},
         "peak_bound_bytes": bound,
         "torch_unavailable": unavailable,
         "samples_ms": {name: [1e3 * t for t in times] for name, times in samples.items()},
@@ -204,22 +217,54 @@ def _ratio(x: float | None) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.2f}"
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.0f}%"
+
+
+COLUMNS = ("optimizer", "floor ms", "optimjax ms", "optax ms", "torch foreach ms", "torch fused ms", "A/A",
+           "optimjax/optax", "optimjax/fused", "optimjax %floor", "optax %floor", "fused %floor",
+           "loops/leaf optimjax, optax", "peak MiB (bound)")
+
+
+def table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One configuration's results, one tuple of formatted cells per optimizer (see COLUMNS)."""
+    rows = []
+    for row in result["rows"]:
+        ms, pct, peak, loops = row["ms"], row["pct_of_floor"], row["peak_bytes"]["optimjax"], row["loops_per_leaf"]
+        rows.append((
+            row["optimizer"], _ms(row["floor_ms"]), _ms(ms["optimjax"]), _ms(ms["optax"]), _ms(ms.get("torch foreach")),
+            _ms(ms.get("torch fused")), _ratio(row["aa_ratio"]), _ratio(row["ratio_to_optax"]),
+            _ratio(row["ratio_to_torch_fused"]), _pct(pct.get("optimjax")), _pct(pct.get("optax")),
+            _pct(pct.get("torch fused")), f"{loops['optimjax']:.0f}, {loops['optax']:.0f}",
+            f"{'n/a' if peak is None else f'{peak / 2**20:.0f}'} ({row['peak_bound_bytes'] / 2**20:.0f})",
+        ))
+    return rows
+
+
+def heading(result: dict[str, Any]) -> str:
+    return (f"{result['config']} fp32 ({result['n_params']:,} params in {result['n_leaves']} leaves), stream bandwidth "
+            f"{result['bandwidth_gb_s']:.1f} GB/s ({result['stream_mib']} MiB in place)")
+
+
 def table(result: dict[str, Any]) -> str:
     """One configuration's results as a text table."""
-    head = (f"{result['config']} fp32 ({result['n_params']:,} params in {result['n_leaves']} leaves); stream "
-            f"bandwidth {result['bandwidth_gb_s']:.1f} GB/s ({result['stream_mib']} MiB in place)")
-    cols = ("optimizer", "floor", "optimjax", "optax", "A/A", "torch fe", "torch fu", "/optax", "/fused",
-            "%floor", "optax %fl", "fused %fl", "peak MiB", "bound")
-    lines = [head, "  ".join(f"{c:>9}" for c in cols)]
-    for row in result["rows"]:
-        ms, pct, peak = row["ms"], row["pct_of_floor"], row["peak_bytes"]["optimjax"]
-        cells = (row["optimizer"], _ms(row["floor_ms"]), _ms(ms["optimjax"]), _ms(ms["optax"]), _ratio(row["aa_ratio"]),
-                 _ms(ms.get("torch foreach")), _ms(ms.get("torch fused")), _ratio(row["ratio_to_optax"]),
-                 _ratio(row["ratio_to_torch_fused"]), f"{pct['optimjax']:.0f}%", f"{pct['optax']:.0f}%",
-                 f"{pct['torch fused']:.0f}%" if "torch fused" in pct else "n/a",
-                 "n/a" if peak is None else f"{peak / 2**20:.0f}", f"{row['peak_bound_bytes'] / 2**20:.0f}")
-        lines.append("  ".join(f"{c:>9}" for c in cells))
-    return "\n".join(lines)
+    cells = [COLUMNS, *table_rows(result)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join([heading(result), *lines])
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Every configuration's results as Markdown tables, with the machine they ran on."""
+    m = results["machine"]
+    parts = [f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['device']}; load average "
+             f"{m['load_average_at_start'][0]} at start, {m['load_average_at_end'][0]} at end; torch threads "
+             f"{m['torch_threads']}; XLA_FLAGS={m['xla_flags']!r}; {m['date']}"]
+    for result in results["configs"]:
+        parts += ["", f"**{heading(result)}**", "", "| " + " | ".join(COLUMNS) + " |",
+                  "|" + "---|" * len(COLUMNS)]
+        parts += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
+    return "\n".join(parts) + "\n"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -289,8 +334,9 @@ def run(configs: str = DEFAULT_CONFIGS, optimizers: str = "all", steps: int = 20
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if out is not None:
         write_json(Path(out) / "step.json", results)
+        (Path(out) / "step.md").write_text(markdown(results))
         plot(results, Path(out) / "step.png")
-        print(f"wrote {Path(out) / 'step.json'} and {Path(out) / 'step.png'}")
+        print(f"wrote step.json, step.md and step.png to {out}")
     return results
 
 

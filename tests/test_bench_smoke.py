@@ -39,6 +39,8 @@ def test_step_benchmark_writes_every_row(tmp_path):
                    out=tmp_path)
     saved = json.loads((tmp_path / "step.json").read_text())
     assert (tmp_path / "step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table_lines = [line for line in (tmp_path / "step.md").read_text().splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0][2:] for line in table_lines] == ["optimizer", *FLOOR_BYTES]
     assert saved["machine"]["cores"] >= 1 and saved["machine"]["jax_backend"] == "cpu"
     (config,) = saved["configs"]
     assert (config["n_params"], config["n_leaves"]) == (n_params, n_leaves)
@@ -55,6 +57,7 @@ def test_step_benchmark_writes_every_row(tmp_path):
         for ratio in (row["ratio_to_optax"], row["aa_ratio"]):
             assert _positive_finite(ratio), (name, ratio)
         assert (row["ratio_to_torch_fused"] is not None) == (name in TORCH_FUSED)
+        assert all(loops >= 1 for loops in row["loops_per_leaf"].values()), row["loops_per_leaf"]
         assert row["floor_bytes_per_param"] == FLOOR_BYTES[name]
         bandwidth = config["bandwidth_gb_s"] * 1e9
         assert row["floor_ms"] == pytest.approx(1e3 * FLOOR_BYTES[name] * n_params / bandwidth)
@@ -64,6 +67,15 @@ def test_step_benchmark_writes_every_row(tmp_path):
         state_arrays = (FLOOR_BYTES[name] - 12) // 8
         bound = 4 * n_params * (2 + state_arrays) + 4 * math.ceil(n_params / n_leaves) + 64
         assert 0 < row["peak_bytes"]["optimjax"] <= bound, (name, row["peak_bytes"], bound)
+
+
+def test_step_benchmark_without_torch(tmp_path):
+    results = step_bench.run(configs="1K/2", optimizers="adamw", steps=2, rounds=1, warmup=0, stream_mib=1,
+                             no_torch=True, pause=0.0, out=tmp_path)
+    (row,) = results["configs"][0]["rows"]
+    assert set(row["ms"]) == {"optimjax", "optax", "optax A/A"} and row["ratio_to_torch_fused"] is None
+    assert row["torch_unavailable"] == {"torch foreach": "--no-torch", "torch fused": "--no-torch"}
+    assert "n/a" in step_bench.table(results["configs"][0])
 
 
 def test_compile_benchmark_writes_every_row(tmp_path):
