@@ -54,12 +54,14 @@ def scale_by_adam(
     The bias corrections are per-step scalars, 1 - b**t = -expm1(t log b), accurate for b close to 1.
 
     Args:
-      b1, b2: decay rates of the moments, in [0, 1).
+      b1: decay rate of the first moment m, in [0, 1).
+      b2: decay rate of the second moment v, in [0, 1).
       eps: added to the denominator outside the square root, >= 0.
       eps_root: added inside the square root, >= 0.
       amsgrad: keep the running maximum of v.
-      mu_dtype, nu_dtype: dtypes to store m and v in (e.g. jnp.bfloat16); None keeps each param's dtype. The
-        update itself is computed in the gradients' dtype.
+      mu_dtype: dtype to store m in (e.g. jnp.bfloat16); None keeps each param's dtype.
+      nu_dtype: dtype to store v in; None keeps each param's dtype. The update itself is computed in the
+        gradients' dtype.
     """
     where = "scale_by_adam"
     check_beta(where, "b1", b1)

@@ -74,10 +74,13 @@ def scale_by_nadam(
     `mu_product` tensor.
 
     Args:
-      b1, b2: decay rates of the moments, in [0, 1).
+      b1: decay rate of the first moment m, in [0, 1).
+      b2: decay rate of the second moment v, in [0, 1).
       eps: added to the denominator outside the square root, >= 0.
       momentum_decay: psi >= 0 in Dozat's schedule (torch's default 4e-3).
-      mu_dtype, nu_dtype: dtypes to store m and v in; None keeps each param's dtype.
+      mu_dtype: dtype to store m in (e.g. jnp.bfloat16); None keeps each param's dtype.
+      nu_dtype: dtype to store v in; None keeps each param's dtype. The update itself is computed in the
+        gradients' dtype.
     """
     where = "scale_by_nadam"
     check_beta(where, "b1", b1)

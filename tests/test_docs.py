@@ -67,7 +67,7 @@ def test_api_pages_render_the_equations_and_arguments(site):
     adam = (site / "api" / "adam" / "index.html").read_text(encoding="utf-8")
     assert "m_t = b1 * m_{t-1} + (1 - b1) * g_t" in adam  # the equations of the docstring, verbatim
     assert "Kingma" in adam and "Loshchilov" in adam  # the papers
-    assert "mu_dtype, nu_dtype" in adam  # the Args section
+    assert "dtype to store m in" in adam and "dtype to store v in" in adam  # the Args section
 
 
 def test_notebooks_are_rendered_with_their_outputs(site):
