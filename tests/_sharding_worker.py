@@ -16,15 +16,19 @@ import json
 import os
 import re
 import sys
+import tempfile
 
 import jax
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cases import CASES  # noqa: E402  (the shared optimizer table)
+
+import optimjax.checkpoint  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -114,6 +118,28 @@ def run_sharded(tx, mesh, host_params, host_grads) -> tuple[dict, dict]:
     return facts, new_params
 
 
+def checkpoint_roundtrip(params) -> list[str]:
+    """Save sharded params and NAdamW state with Orbax, restore them with `optimjax.checkpoint.restore` into
+    abstract arrays that ask for another layout (replicated on the mesh); return every entry that comes back
+    with another layout than asked for, or with other values."""
+    tx = optimjax.nadamw(1e-2)
+    tree = {"params": params, "opt_state": jax.jit(tx.init)(params)}
+    replicated = NamedSharding(jax.tree.leaves(params)[0].sharding.mesh, P())
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree)
+    with tempfile.TemporaryDirectory() as tmp:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(os.path.join(tmp, "ckpt"), tree)
+        restored = optimjax.checkpoint.restore(os.path.join(tmp, "ckpt"), target)
+    bad = []
+    for (path, saved), want, got in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(target),
+                                        jax.tree.leaves(restored)):
+        if not got.sharding.is_equivalent_to(want.sharding, saved.ndim):
+            bad.append(f"{jax.tree_util.keystr(path)}: restored {spec_of(got)}, asked for {want.sharding.spec}")
+        elif not np.array_equal(np.asarray(got), np.asarray(saved)):
+            bad.append(f"{jax.tree_util.keystr(path)}: values differ")
+    return bad
+
+
 def main() -> None:
     assert jax.device_count() == 8, f"needs 8 devices, got {jax.device_count()}: set XLA_FLAGS"
     meshes = {mode: jax.make_mesh((4, 2), ("data", "model"), axis_types=(kind, kind))
@@ -127,6 +153,7 @@ def main() -> None:
     clip = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1))
     report = {
         "devices": jax.device_count(),
+        "checkpoint_roundtrip": checkpoint_roundtrip(auto_params),
         # What plain optax gives under jit: the reason optimjax's init places its state with shard_alike.
         "optax_adam_jit_init": placement_mismatches(jax.jit(optax.adam(1e-3).init)(auto_params), auto_params, False),
         # A control that must communicate (a global norm): shows that the collective detector can fire.
