@@ -45,17 +45,20 @@ TORCH_IMPLS = ("torch foreach", "torch fused")
 class JaxStep:
     """One implementation's compiled step on its own params and state; a call runs one step, returns seconds."""
 
-    def __init__(self, tx: Any, params: list[np.ndarray], grads: list[jax.Array], compiled: Any = None):
+    def __init__(self, tx: Any, params: list[np.ndarray], grads: list[jax.Array], compiled: Any = None,
+                 steps_per_call: int = 1):
         self.params = [jnp.array(p) for p in params]
         self.state = tx.init(self.params)
         self.grads = grads
-        self.compiled = compiled or jitted_step(tx).lower(self.params, self.state, grads).compile()
+        self.steps_per_call = steps_per_call
+        self.compiled = compiled or jitted_step(tx, steps_per_call).lower(self.params, self.state, grads).compile()
 
     def __call__(self) -> float:
+        """Seconds per step of one call."""
         start = time.perf_counter()
         self.params, self.state = self.compiled(self.params, self.state, self.grads)
         jax.block_until_ready((self.params, self.state))
-        return time.perf_counter() - start
+        return (time.perf_counter() - start) / self.steps_per_call
 
 
 class Stream:
@@ -152,6 +155,10 @@ def measure(contender: Contender, config: Config, params: list[np.ndarray], grad
     jax_runs = {"optimjax": ours, "optax": theirs, "optax A/A": JaxStep(contender.optax(), params, grads,
                                                                          compiled=theirs.compiled),
                 "stream": stream}
+    if args.in_loop > 1:
+        for impl in ("optimjax", "optax"):
+            tx = getattr(contender, impl)()
+            jax_runs[f"{impl} in-loop"] = JaxStep(tx, params, grads, steps_per_call=args.in_loop)
     torch_runs, unavailable = {}, {}
     for name, flag in zip(TORCH_IMPLS, ("foreach", "fused")):
         if torch is None:
@@ -226,8 +233,17 @@ COLUMNS = ("optimizer", "floor ms", "optimjax ms", "optax ms", "torch foreach ms
            "loops/leaf optimjax, optax", "peak MiB (bound)")
 
 
+IN_LOOP_COLUMN = "in-loop ms optimjax, optax"
+
+
+def columns(result: dict[str, Any]) -> tuple[str, ...]:
+    in_loop = any("optimjax in-loop" in row["ms"] for row in result["rows"])
+    return COLUMNS + ((IN_LOOP_COLUMN,) if in_loop else ())
+
+
 def table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
-    """One configuration's results, one tuple of formatted cells per optimizer (see COLUMNS)."""
+    """One configuration's results, one tuple of formatted cells per optimizer (see `columns`)."""
+    in_loop = IN_LOOP_COLUMN in columns(result)
     rows = []
     for row in result["rows"]:
         ms, pct, peak, loops = row["ms"], row["pct_of_floor"], row["peak_bytes"]["optimjax"], row["loops_per_leaf"]
@@ -237,7 +253,7 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
             _ratio(row["ratio_to_torch_fused"]), _pct(pct.get("optimjax")), _pct(pct.get("optax")),
             _pct(pct.get("torch fused")), f"{loops['optimjax']:.0f}, {loops['optax']:.0f}",
             f"{'n/a' if peak is None else f'{peak / 2**20:.0f}'} ({row['peak_bound_bytes'] / 2**20:.0f})",
-        ))
+        ) + ((f"{_ms(ms.get('optimjax in-loop'))}, {_ms(ms.get('optax in-loop'))}",) if in_loop else ()))
     return rows
 
 
@@ -248,8 +264,8 @@ def heading(result: dict[str, Any]) -> str:
 
 def table(result: dict[str, Any]) -> str:
     """One configuration's results as a text table."""
-    cells = [COLUMNS, *table_rows(result)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    cells = [columns(result), *table_rows(result)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     return "\n".join([heading(result), *lines])
 
@@ -261,8 +277,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"{m['load_average_at_start'][0]} at start, {m['load_average_at_end'][0]} at end; torch threads "
              f"{m['torch_threads']}; XLA_FLAGS={m['xla_flags']!r}; {m['date']}"]
     for result in results["configs"]:
-        parts += ["", f"**{heading(result)}**", "", "| " + " | ".join(COLUMNS) + " |",
-                  "|" + "---|" * len(COLUMNS)]
+        parts += ["", f"**{heading(result)}**", "", "| " + " | ".join(columns(result)) + " |",
+                  "|" + "---|" * len(columns(result))]
         parts += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
     return "\n".join(parts) + "\n"
 
@@ -302,7 +318,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def run(configs: str = DEFAULT_CONFIGS, optimizers: str = "all", steps: int = 20, rounds: int = 4, warmup: int = 3,
         stream_mib: int = 256, torch_threads: int | None = None, no_torch: bool = False, pause: float = 0.2,
-        out: Path | None = RESULTS) -> dict[str, Any]:
+        in_loop: int = 0, out: Path | None = RESULTS) -> dict[str, Any]:
     """Run the benchmark, print one table per configuration, write `step.json` and `step.png` to `out`."""
     if steps < 1 or rounds < 1 or warmup < 0 or stream_mib < 1:
         raise ValueError(f"steps and rounds must be >= 1, warmup >= 0, stream_mib >= 1; got steps={steps}, "
@@ -311,13 +327,13 @@ def run(configs: str = DEFAULT_CONFIGS, optimizers: str = "all", steps: int = 20
     names = parse_names("--optimizers", optimizers)
     torch, device, skipped = (None, "", "--no-torch") if no_torch else load_torch(torch_threads or cores())
     args = argparse.Namespace(rounds=rounds, per_round=math.ceil(steps / rounds), warmup=warmup, pause=pause,
-                              torch_skipped=skipped)
+                              torch_skipped=skipped, in_loop=in_loop)
     results: dict[str, Any] = {
         "benchmark": "step",
         "machine": machine(torch),
         "settings": {"configs": configs, "optimizers": names, "timed_steps": args.per_round * rounds,
                      "rounds": rounds, "warmup": warmup, "stream_mib": stream_mib, "torch_device": device,
-                     "torch_skipped": skipped, "pause_s": pause},
+                     "torch_skipped": skipped, "pause_s": pause, "in_loop_steps_per_call": in_loop},
         "configs": [],
     }
     progress = Progress(len(config_list) * len(names))
@@ -350,11 +366,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stream-mib", type=int, default=256, help="bandwidth buffer size (default 256)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: cores)")
     parser.add_argument("--no-torch", action="store_true", help="skip torch.optim")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where step.json and step.png go")
+    parser.add_argument("--in-loop", type=int, default=0, metavar="K",
+                        help="also time K steps per call in a lax.fori_loop (step time without dispatch)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where step.json, step.md and step.png go")
     a = parser.parse_args(argv)
     try:
         run(a.configs, a.optimizers, a.steps, a.rounds, a.warmup, a.stream_mib, a.torch_threads, a.no_torch,
-            out=a.out)
+            in_loop=a.in_loop, out=a.out)
     except ValueError as err:
         parser.error(str(err))
 

@@ -69,11 +69,12 @@ def test_step_benchmark_writes_every_row(tmp_path):
         assert 0 < row["peak_bytes"]["optimjax"] <= bound, (name, row["peak_bytes"], bound)
 
 
-def test_step_benchmark_without_torch(tmp_path):
+def test_step_benchmark_without_torch_with_in_loop_steps(tmp_path):
     results = step_bench.run(configs="1K/2", optimizers="adamw", steps=2, rounds=1, warmup=0, stream_mib=1,
-                             no_torch=True, pause=0.0, out=tmp_path)
+                             no_torch=True, pause=0.0, in_loop=3, out=tmp_path)
     (row,) = results["configs"][0]["rows"]
-    assert set(row["ms"]) == {"optimjax", "optax", "optax A/A"} and row["ratio_to_torch_fused"] is None
+    assert set(row["ms"]) == {"optimjax", "optax", "optax A/A", "optimjax in-loop", "optax in-loop"}
+    assert all(_positive_finite(ms) for ms in row["ms"].values()) and row["ratio_to_torch_fused"] is None
     assert row["torch_unavailable"] == {"torch foreach": "--no-torch", "torch fused": "--no-torch"}
     assert "n/a" in step_bench.table(results["configs"][0])
 
