@@ -64,7 +64,8 @@ def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, centered: bool = False)
         nu = jax.tree.map(lambda g, v: ema_of_square(v, g, decay), updates, state.nu)
         if centered:
             mu_grad = jax.tree.map(lambda g, m: lerp(m, g, 1 - decay), updates, state.mu_grad)
-            var = jax.tree.map(lambda v, m: v - m * m, nu, mu_grad)
+            # v - gbar**2 is inf - inf = NaN once g**2 overflows; keep v = inf there (the update is then 0, as torch's).
+            var = jax.tree.map(lambda v, m: jnp.where(jnp.isinf(v), v, v - m * m), nu, mu_grad)
         else:
             mu_grad, var = None, nu
         updates = jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + like(eps, s)), updates, var)
@@ -93,6 +94,8 @@ def rmsprop(
     """
     check_learning_rate("rmsprop", learning_rate)
     check_range("rmsprop", "weight_decay", weight_decay)
+    if momentum is not None:
+        check_beta("rmsprop", "momentum", momentum)
     return optax.chain(
         add_decayed_weights(weight_decay),
         scale_by_rms(decay, eps, centered),

@@ -121,6 +121,8 @@ def sgd(
     """
     check_learning_rate("sgd", learning_rate)
     check_range("sgd", "weight_decay", weight_decay)
+    if momentum is not None:
+        check_beta("sgd", "momentum", momentum)
     if nesterov and (momentum is None or concrete_value(momentum) == 0 or concrete_value(dampening) not in (0, None)):
         raise ValueError(f"sgd: nesterov=True needs momentum > 0 and dampening = 0, got momentum={momentum!r}, "
                          f"dampening={dampening!r}")

@@ -171,7 +171,9 @@ def test_inject_hyperparams_changes_learning_rate_without_recompiling(case):
 
 BAD = [
     (oj.sgd, dict(learning_rate=-0.1), "learning_rate"),
-    (oj.sgd, dict(learning_rate=0.1, momentum=1.0), "beta"),
+    (oj.sgd, dict(learning_rate=0.1, momentum=1.0), "momentum"),
+    (oj.rmsprop, dict(momentum=-0.5), "momentum"),
+    (oj.scale_by_momentum, dict(beta=1.0), "beta"),
     (oj.sgd, dict(learning_rate=0.1, momentum=0.9, dampening=1.5), "dampening"),
     (oj.sgd, dict(learning_rate=0.1, nesterov=True), "nesterov"),
     (oj.sgd, dict(learning_rate=0.1, weight_decay=-1.0), "weight_decay"),

@@ -319,8 +319,6 @@ def test_out_of_range_hyperparameter_raises_naming_it(example):
     assert re.search(rf"\b{name}\b", str(err.value)), str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="sgd/momentum/nesterov/rmsprop pass `momentum` on to scale_by_momentum, whose "
-                   "check names it `beta` ('scale_by_momentum: beta must be in [0, 1)')")
 @pytest.mark.parametrize("factory", [optimjax.sgd, optimjax.momentum, optimjax.nesterov, optimjax.rmsprop])
 def test_out_of_range_momentum_raises_naming_momentum(factory):
     with pytest.raises(ValueError, match=r"\bmomentum\b"):
