@@ -109,9 +109,9 @@ def scale_by_nadam(
         mu = jax.tree.map(lambda g, m: lerp(m.astype(g.dtype), g, 1 - b1), updates, state.mu)
         nu = jax.tree.map(lambda g, v: ema_of_square(v.astype(g.dtype), g, b2), updates, state.nu)
 
-        def direction(g, m, v):
+        def direction(g, m, v):  # one division per element (torch's two addcdiv divide twice)
             denom = jnp.sqrt(v / like(bc2, v)) + like(eps, v)
-            return like(grad_coef, g) * g / denom + like(momentum_coef, m) * m / denom
+            return (like(grad_coef, g) * g + like(momentum_coef, m) * m) / denom
 
         updates = jax.tree.map(direction, updates, mu, nu)
         state = ScaleByNadamState(
