@@ -79,6 +79,14 @@ def ema_of_square(avg: jax.Array, g: jax.Array, decay: Any) -> jax.Array:
     return avg * like(decay, avg) + like(1 - decay, g) * g * g
 
 
+def moments(updates: Any, mu: Any, nu: Any, b1: Any, b2: Any) -> tuple[Any, Any]:
+    """Adam's two moment updates, in the gradients' dtype (whatever dtype the state is stored in):
+    m <- lerp(m, g, 1 - b1) and v <- b2 * v + (1 - b2) * g**2."""
+    mu = jax.tree.map(lambda g, m: lerp(m.astype(g.dtype), g, 1 - b1), updates, mu)
+    nu = jax.tree.map(lambda g, v: ema_of_square(v.astype(g.dtype), g, b2), updates, nu)
+    return mu, nu
+
+
 def log_of(decay: Any) -> Any:
     """log(decay), in float64 for a Python number (with log(0) = -inf), traced otherwise."""
     if isinstance(decay, (int, float)):

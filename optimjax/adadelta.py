@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
+from optimjax._checks import check_beta, check_learning_rate, check_range
 from optimjax._tree import check_tree, ema_of_square, like, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights

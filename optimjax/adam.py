@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
-from optimjax._tree import bias_correction, check_tree, ema_of_square, lerp, like, next_count, zeros_like
+from optimjax._tree import bias_correction, check_tree, like, moments, next_count, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -85,8 +85,7 @@ def scale_by_adam(
         inv_bc1 = 1 / bias_correction(b1, t)
         bc2 = bias_correction(b2, t)
         bc2_sqrt = jnp.sqrt(bc2)
-        mu = jax.tree.map(lambda g, m: lerp(m.astype(g.dtype), g, 1 - b1), updates, state.mu)
-        nu = jax.tree.map(lambda g, v: ema_of_square(v.astype(g.dtype), g, b2), updates, state.nu)
+        mu, nu = moments(updates, state.mu, state.nu, b1, b2)
         nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
         nu_hat = nu_max if amsgrad else nu
 

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
-from optimjax._tree import bias_correction, check_tree, ema_of_square, lerp, like, next_count, power, scalar_dtype
+from optimjax._checks import check_beta, check_learning_rate, check_range
+from optimjax._tree import bias_correction, check_tree, like, moments, next_count, power, scalar_dtype
 from optimjax._tree import zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
@@ -106,8 +106,7 @@ def scale_by_nadam(
         grad_coef = (1 - mu_t) / (1 - mu_product)
         momentum_coef = mu_next / (1 - mu_product * mu_next)
         bc2 = bias_correction(b2, t)
-        mu = jax.tree.map(lambda g, m: lerp(m.astype(g.dtype), g, 1 - b1), updates, state.mu)
-        nu = jax.tree.map(lambda g, v: ema_of_square(v.astype(g.dtype), g, b2), updates, state.nu)
+        mu, nu = moments(updates, state.mu, state.nu, b1, b2)
 
         def direction(g, m, v):  # one division per element (torch's two addcdiv divide twice)
             denom = jnp.sqrt(v / like(bc2, v)) + like(eps, v)

@@ -63,7 +63,7 @@ def test_nadam_differs_from_optax_by_its_schedule_alone():
     import numpy as np
 
     g = {"x": jnp.array([0.5, -2.0, 3.0])}
-    b1, b2, eps, lr = 0.9, 0.999, 1e-8, 1e-2
+    b1, eps, lr = 0.9, 1e-8, 1e-2
     mu1 = b1 * (1 - 0.5 * 0.96 ** 0.004)
     mu2 = b1 * (1 - 0.5 * 0.96 ** 0.008)
     gn = np.asarray(g["x"])

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import optimjax as oj
-from cases import CASE_IDS, CASES, SHAPES, Problem
+from cases import CASE_IDS, CASES, Problem
 
 case_params = pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 
