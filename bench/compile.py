@@ -6,7 +6,8 @@
 The step is the one `python -m bench.step` times, `jit(update + apply_updates)` with params and state donated.
 Tracing and lowering (`jax.jit(step).lower(...)`, Python and JAX) and XLA's compilation (`.compile()`) are timed
 separately, on abstract arguments (no arrays are allocated), with a fresh `jax.jit` each time so that nothing is
-reused from a cache. optimjax and optax take turns; which one goes first alternates.
+reused from a cache. One untimed compilation per tree size comes first (the first one of a size is slower);
+then optimjax and optax take turns, which one goes first alternating. Reported: medians over `--repeats`.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def run(leaves: str = DEFAULT_LEAVES, optimizers: str = DEFAULT_OPTIMIZERS, repe
     rows = []
     for n_leaves in leaf_counts:
         params = abstract_params(n_leaves)
+        compile_seconds(CONTENDERS[names[0]].optax(), params)  # untimed: the first compilation of a size is slower
         for i, name in enumerate(names):
             contender = CONTENDERS[name]
             samples: dict[str, dict[str, list[float]]] = {impl: {"trace_s": [], "compile_s": []} for impl in IMPLS}
