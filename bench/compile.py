@@ -100,6 +100,7 @@ def run(leaves: str = DEFAULT_LEAVES, optimizers: str = DEFAULT_OPTIMIZERS, repe
     if repeats < 1:
         raise ValueError(f"--repeats: must be >= 1, got {repeats}")
     names = parse_names("--optimizers", optimizers)
+    description = machine()  # before the run: its load average is the one at the start
     progress = Progress(len(leaf_counts) * len(names))
     rows = []
     for n_leaves in leaf_counts:
@@ -124,7 +125,7 @@ def run(leaves: str = DEFAULT_LEAVES, optimizers: str = DEFAULT_OPTIMIZERS, repe
             rows.append(row)
             progress(f"{n_leaves} leaves, {name}: optimjax {row['optimjax']['total_s']:.2f} s, "
                      f"optax {row['optax']['total_s']:.2f} s")
-    results = {"benchmark": "compile", "machine": machine(),
+    results = {"benchmark": "compile", "machine": description,
                "settings": {"leaves": leaf_counts, "optimizers": names, "repeats": repeats,
                             "leaf_shapes": f"float32, cycling through {BLOCK_SHAPES}"},
                "rows": rows}
