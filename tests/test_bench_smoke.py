@@ -6,15 +6,18 @@ peak-memory bound of the issue, like-for-like optimizers); they never assert on 
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from bench import compile as compile_bench
-from bench import step as step_bench
-from bench.harness import CONTENDERS, Config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not installed; import it from the checkout
+from bench import compile as compile_bench  # noqa: E402
+from bench import step as step_bench  # noqa: E402
+from bench.harness import CONTENDERS, Config  # noqa: E402
 
 # Bytes an ideal fp32 step moves per parameter (issue 4): params read + written, grads read, each state array
 # read + written. SGD with momentum, RMSprop and Adagrad keep one state array; the Adam family keeps two.
