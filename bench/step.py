@@ -14,6 +14,9 @@ How it times (see bench/README.md):
 - Implementations take turns, one step each, rotating which goes first, so that drift hits all alike. optax's
   compiled step also runs on a second set of buffers as if it were another implementation: the A/A ratio of the
   two is the noise of every ratio in the table.
+- Before every step the stream pass runs (torch's own in the torch block), so that every step starts with cold
+  caches, as in training after the backward pass, whichever implementation ran before it. The JAX stream passes
+  are the bandwidth samples.
 - torch runs in its own block after the JAX block of each round, then the run pauses, so that torch's OpenMP
   workers, which spin after a step, have stopped before JAX runs again.
 - Reported: the median of the timed steps; "/optax" and "A/A" are medians of the ratio of two steps taken back
@@ -79,6 +82,20 @@ class Stream:
         return time.perf_counter() - start
 
 
+class TorchStream:
+    """`x <- x * -1` in place with torch over an fp32 buffer: flushes the caches before each torch step."""
+
+    def __init__(self, torch: Any, mib: int, device: str):
+        self.x = torch.ones(mib * 2**20 // 4, device=device)
+        self.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        self.x.mul_(-1.0)
+        self.sync()
+        return time.perf_counter() - start
+
+
 class TorchStep:
     """torch.optim's `step()` on its own copy of the params, whose `.grad` holds the gradients.
 
@@ -112,15 +129,23 @@ def loops_per_leaf(compiled: Any, n_leaves: int) -> float:
     return sum(1 for shape in kernels if re.search(r"\[\d", shape)) / n_leaves
 
 
-def take_turns(runs: dict[str, Callable[[], float]], steps: int, first: int) -> dict[str, list[float]]:
-    """Run each implementation `steps` times, one step each in turn, rotating which one goes first."""
+def take_turns(runs: dict[str, Callable[[], float]], steps: int, first: int,
+               flush: Callable[[], float]) -> tuple[dict[str, list[float]], list[float]]:
+    """Run each implementation `steps` times, one step each in turn, rotating which one goes first.
+
+    `flush` (a pass over a buffer larger than the caches) runs before every step, so that each step starts with
+    cold caches, as after a forward and backward pass, whichever implementation ran before it. Returns the
+    seconds of every step and of every flush.
+    """
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    flushes = []
     for i in range(steps if names else 0):
         k = (first + i) % len(names)
         for name in names[k:] + names[:k]:
+            flushes.append(flush())
             samples[name].append(runs[name]())
-    return samples
+    return samples, flushes
 
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
@@ -152,9 +177,8 @@ def measure(contender: Contender, config: Config, params: list[np.ndarray], grad
     progress(f"{config.name} {contender.name}: compiling", advance=False)
     ours = JaxStep(contender.optimjax(), params, grads)
     theirs = JaxStep(contender.optax(), params, grads)
-    jax_runs = {"optimjax": ours, "optax": theirs, "optax A/A": JaxStep(contender.optax(), params, grads,
-                                                                         compiled=theirs.compiled),
-                "stream": stream}
+    jax_runs = {"optimjax": ours, "optax": theirs,
+                "optax A/A": JaxStep(contender.optax(), params, grads, compiled=theirs.compiled)}
     if args.in_loop > 1:
         for impl in ("optimjax", "optax"):
             tx = getattr(contender, impl)()
@@ -170,16 +194,21 @@ def measure(contender: Contender, config: Config, params: list[np.ndarray], grad
         except (TypeError, RuntimeError, ValueError) as err:
             unavailable[name] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
     progress(f"{config.name} {contender.name}: timing {args.rounds} rounds of {args.per_round} steps", advance=False)
-    take_turns(jax_runs, 1 + args.warmup, 0)  # every implementation takes 1 + warmup + timed steps in all
-    take_turns(torch_runs, args.warmup, 0)
+    take_turns(jax_runs, 1 + args.warmup, 0, stream)  # every implementation takes 1 + warmup + timed steps
+    take_turns(torch_runs, args.warmup, 0, args.torch_stream)
     time.sleep(args.pause)
     samples: dict[str, list[float]] = {name: [] for name in [*jax_runs, *torch_runs]}
+    stream_samples: list[float] = []
     for r in range(args.rounds):
-        for block in (jax_runs, torch_runs) if torch_runs else (jax_runs,):
-            for name, times in take_turns(block, args.per_round, r).items():
-                samples[name].extend(times)
+        times, flushes = take_turns(jax_runs, args.per_round, r, stream)
+        stream_samples += flushes
+        time.sleep(args.pause)
+        if torch_runs:
+            torch_times, _ = take_turns(torch_runs, args.per_round, r, args.torch_stream)
+            times.update(torch_times)
             time.sleep(args.pause)
-    stream_samples = samples.pop("stream")
+        for name, t in times.items():
+            samples[name].extend(t)
     ms = {name: 1e3 * median(times) for name, times in samples.items()}
     state = ours.state
     bound = tree_bytes(ours.params) + tree_bytes(grads) + tree_bytes(state) + max(p.nbytes for p in params)
@@ -327,7 +356,8 @@ def run(configs: str = DEFAULT_CONFIGS, optimizers: str = "all", steps: int = 20
     names = parse_names("--optimizers", optimizers)
     torch, device, skipped = (None, "", "--no-torch") if no_torch else load_torch(torch_threads or cores())
     args = argparse.Namespace(rounds=rounds, per_round=math.ceil(steps / rounds), warmup=warmup, pause=pause,
-                              torch_skipped=skipped, in_loop=in_loop)
+                              torch_skipped=skipped, in_loop=in_loop,
+                              torch_stream=TorchStream(torch, stream_mib, device) if torch else None)
     results: dict[str, Any] = {
         "benchmark": "step",
         "machine": machine(torch),
@@ -363,7 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per implementation (default 20)")
     parser.add_argument("--rounds", type=int, default=4, help="JAX/torch block alternations (default 4)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    parser.add_argument("--stream-mib", type=int, default=256, help="bandwidth buffer size (default 256)")
+    parser.add_argument("--stream-mib", type=int, default=256,
+                        help="buffer of the bandwidth pass that also flushes the caches before every step; several "
+                        "times the last-level cache (default 256)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: cores)")
     parser.add_argument("--no-torch", action="store_true", help="skip torch.optim")
     parser.add_argument("--in-loop", type=int, default=0, metavar="K",
