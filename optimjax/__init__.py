@@ -11,6 +11,7 @@ from optimjax.adam import adam as adam
 from optimjax.adam import adamw as adamw
 from optimjax.adam import amsgrad as amsgrad
 from optimjax.adam import scale_by_adam as scale_by_adam
+from optimjax import fused as fused
 from optimjax.learning_rate import ScaleByLearningRateState as ScaleByLearningRateState
 from optimjax.learning_rate import scale_by_learning_rate as scale_by_learning_rate
 from optimjax.nadam import ScaleByNadamState as ScaleByNadamState

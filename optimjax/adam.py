@@ -30,6 +30,13 @@ class ScaleByAdamState(NamedTuple):
     nu_max: Any
 
 
+def adam_scalars(b1: float, b2: float, t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Adam's per-step scalars at step t: 1 / (1 - b1**t), 1 - b2**t and sqrt(1 - b2**t) (computed once per step,
+    shared by `scale_by_adam` and the fused kernel of `optimjax.fused`)."""
+    bc2 = bias_correction(b2, t)
+    return 1 / bias_correction(b1, t), bc2, jnp.sqrt(bc2)
+
+
 def scale_by_adam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -82,9 +89,7 @@ def scale_by_adam(
         del params
         check_tree(where, updates, state.mu)
         count, t = next_count(state.count)
-        inv_bc1 = 1 / bias_correction(b1, t)
-        bc2 = bias_correction(b2, t)
-        bc2_sqrt = jnp.sqrt(bc2)
+        inv_bc1, bc2, bc2_sqrt = adam_scalars(b1, b2, t)
         mu, nu = moments(updates, state.mu, state.nu, b1, b2)
         nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
         nu_hat = nu_max if amsgrad else nu

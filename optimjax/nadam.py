@@ -48,6 +48,20 @@ def momentum_schedule(b1: Any, momentum_decay: Any, t: Any) -> Any:
     return b1 * (1 - 0.5 * power(0.96, t * momentum_decay))
 
 
+def nadam_scalars(
+    b1: float, b2: float, momentum_decay: float, t: jax.Array, mu_product: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """NAdam's per-step scalars at step t, given P_{t-1}: P_t, the gradient's and the momentum's coefficients
+    (1 - mu_t) / (1 - P_t) and mu_{t+1} / (1 - P_t mu_{t+1}), and 1 - b2**t (computed once per step, shared by
+    `scale_by_nadam` and the fused kernel of `optimjax.fused`)."""
+    mu_t = momentum_schedule(b1, momentum_decay, t)
+    mu_next = momentum_schedule(b1, momentum_decay, t + 1)
+    mu_product = mu_product * mu_t
+    grad_coef = (1 - mu_t) / (1 - mu_product)
+    momentum_coef = mu_next / (1 - mu_product * mu_next)
+    return mu_product, grad_coef, momentum_coef, bias_correction(b2, t)
+
+
 def scale_by_nadam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -100,12 +114,7 @@ def scale_by_nadam(
         del params
         check_tree(where, updates, state.mu)
         count, t = next_count(state.count)
-        mu_t = momentum_schedule(b1, momentum_decay, t)
-        mu_next = momentum_schedule(b1, momentum_decay, t + 1)
-        mu_product = state.mu_product * mu_t
-        grad_coef = (1 - mu_t) / (1 - mu_product)
-        momentum_coef = mu_next / (1 - mu_product * mu_next)
-        bc2 = bias_correction(b2, t)
+        mu_product, grad_coef, momentum_coef, bc2 = nadam_scalars(b1, b2, momentum_decay, t, state.mu_product)
         mu, nu = moments(updates, state.mu, state.nu, b1, b2)
 
         def direction(g, m, v):  # one division per element (torch's two addcdiv divide twice)
