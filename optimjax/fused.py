@@ -259,6 +259,16 @@ def adamw(
     """Fused `optimjax.adamw` (Loshchilov & Hutter, 2019; decoupled decay): same numbers, one pass on CPU.
 
     `torch.optim.AdamW(..., fused=True)`. A decay mask, AMSGrad, eps_root and bf16 moments: use `optimjax.adamw`.
+
+    Examples:
+      Adam's first direction is m_1 / sqrt(v_1) = sign(g); the decay adds weight_decay * theta, and both are
+      scaled by lr: theta_1 = theta_0 - 0.1 * (1 + 0.5 * theta_0), i.e. 1 -> 0.85 and -2 -> -2.
+      >>> import jax.numpy as jnp, optimjax
+      >>> opt = optimjax.fused.adamw(learning_rate=0.1, weight_decay=0.5)
+      >>> params = jnp.array([1.0, -2.0])
+      >>> params, state = opt.step(jnp.array([0.5, 0.5]), opt.init(params), params)
+      >>> print(params)
+      [ 0.85 -2.  ]
     """
     optimizer = _adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay)
     return _fused("adamw", optimizer, nadam=False, coupled=False, learning_rate=learning_rate, b1=b1, b2=b2,
