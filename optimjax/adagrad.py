@@ -66,14 +66,16 @@ def adagrad(
     check_learning_rate("adagrad", learning_rate)
     check_range("adagrad", "lr_decay", lr_decay)
     check_range("adagrad", "weight_decay", weight_decay)
-    if is_zero(lr_decay):
-        lr = learning_rate
-    else:  # an optax schedule sees t - 1 = 0, 1, ...
-        lr = lambda count: (learning_rate(count) if callable(learning_rate) else learning_rate) / (
-            1 + count * lr_decay
-        )
     return optax.chain(
         add_decayed_weights(weight_decay),
         scale_by_adagrad(eps, initial_accumulator_value),
-        scale_by_learning_rate(lr),
+        scale_by_learning_rate(decayed_learning_rate(learning_rate, lr_decay)),
     )
+
+
+def decayed_learning_rate(learning_rate: optax.ScalarOrSchedule, lr_decay: float) -> optax.ScalarOrSchedule:
+    """torch's Adagrad learning rate lr_t / (1 + (t - 1) * lr_decay), as a schedule of count = t - 1 = 0, 1, ...
+    (`learning_rate` itself when lr_decay is 0)."""
+    if is_zero(lr_decay):
+        return learning_rate
+    return lambda count: (learning_rate(count) if callable(learning_rate) else learning_rate) / (1 + count * lr_decay)

@@ -1,11 +1,12 @@
-"""Fused steps for the Adam family: one pass over memory per parameter on CPU, an opt-in like torch's `fused=True`.
+"""Fused steps: one pass over memory per parameter on CPU, an opt-in like torch's `fused=True`.
 
 An optimizer step is memory traffic. `optimjax.adamw` is an `optax.GradientTransformation`: its update is
-applied by `optax.apply_updates`, and XLA's CPU backend compiles the pair into three loops per leaf (m, v, then
+applied by `optax.apply_updates`, and XLA's CPU backend compiles the pair into a loop per output array (m, v, then
 the parameters), 40 bytes moved per fp32 parameter. The floor is 28 (read p, g, m, v; write p, m, v), which
-torch's `fused=True` reaches with a hand-written kernel. `optimjax.fused` does the same: a small C++ kernel,
-called through XLA's FFI, updates p, m and v of every leaf in one pass, in place (the outputs alias the inputs),
-on all the cores of XLA's CPU thread pool, in one call per step however many leaves there are.
+torch's `fused=True` reaches with hand-written kernels. `optimjax.fused` does the same: a small C++ kernel,
+called through XLA's FFI, updates the parameters and the state of every leaf in one pass, in place (the outputs
+alias the inputs), on all the cores of XLA's CPU thread pool, in one call per step however many leaves there are.
+For `adam`, `adamw`, `nadam`, `nadamw`, `sgd` / `momentum` / `nesterov`, `rmsprop` (plain) and `adagrad`:
 
     opt = optimjax.fused.adamw(learning_rate=1e-3, weight_decay=1e-2)
     state = opt.init(params)                       # the state of optimjax.adamw(...), exactly
@@ -15,10 +16,13 @@ on all the cores of XLA's CPU thread pool, in one call per step however many lea
         grads = jax.grad(loss)(params, batch)
         return opt.step(grads, state, params)      # -> (new params, new state)
 
-Same numbers: the kernel does the arithmetic of `optimizer.update` + `optax.apply_updates` operation by operation,
-in the same order, without floating-point contraction or fast-math, with the per-step scalars computed by the
-same JAX functions (`adam_scalars`, `nadam_scalars`): `opt.step` is bit-identical to
-`opt.optimizer.update` followed by `optax.apply_updates` (tested), and so on torch.optim's trajectory.
+Same numbers: the kernel does the per-element arithmetic written in the transforms' docstrings (torch.optim's
+single-tensor path) operation by operation, in the same order, each operation rounded once (no contraction into
+FMA, no fast-math), with the per-step scalars (bias corrections, NAdam's momentum products, the learning rate)
+computed by the transforms' own JAX functions. One step is bit-identical to a numpy float32 transcription of the
+equations, and trajectories follow torch.optim as closely as the plain optimizers do (tests/test_fused.py). The
+plain optimizer's compiled XLA program agrees to a few float32 ulp, not bit for bit: XLA:CPU contracts some
+multiply-adds into FMAs and turns a division by sqrt(1 - b2**t) into a multiplication by its rsqrt.
 
 The price of the pass: `step` takes and returns the parameters, so it is not a `GradientTransformation` and does
 not chain (no clipping before it, no `MultiSteps` around it): for those, use `opt.optimizer`, the plain optimjax
@@ -31,7 +35,7 @@ Every fallback but the accelerator one warns once, with the reason; `available()
 whether the kernel is ready.
 
 The kernel is compiled from `optimjax/_kernels/fused_step.cc` on first use, with the machine's C++ compiler
-(`$CXX`, else `c++`; about 6 s) against the FFI headers that ship inside jaxlib, and cached in
+(`$CXX`, else `c++`; about 10 s) against the FFI headers that ship inside jaxlib, and cached in
 `$OPTIMJAX_CACHE_DIR` (default `~/.cache/optimjax`). No extra package is needed; `OPTIMJAX_FUSED=0` turns it off.
 """
 
@@ -50,17 +54,20 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optimjax._checks import is_zero
 from optimjax._tree import check_tree, next_count
-from optimjax.adam import ScaleByAdamState, adam_scalars
+from optimjax.adagrad import adagrad as _adagrad
+from optimjax.adagrad import decayed_learning_rate
 from optimjax.adam import adam as _adam
+from optimjax.adam import adam_scalars
 from optimjax.adam import adamw as _adamw
-from optimjax.nadam import ScaleByNadamState, nadam_scalars
 from optimjax.nadam import nadam as _nadam
+from optimjax.nadam import nadam_scalars
 from optimjax.nadam import nadamw as _nadamw
+from optimjax.rmsprop import rmsprop as _rmsprop
+from optimjax.sgd import sgd as _sgd
 
 TARGET = "optimjax_fused_step"
 SOURCE = Path(__file__).with_name("_kernels") / "fused_step.cc"
@@ -155,22 +162,22 @@ def _why_not_fused(arrays: list[jax.Array]) -> str | None:
     return unavailable_reason()
 
 
-def _fused_update(coefs: list[Any], params: Any, grads: Any, mu: Any, nu: Any, **flags: int):
-    """One call of the kernel over every leaf: new (params, mu, nu), each aliased to its input buffer."""
+def _fused_update(coefs: list[Any], params: Any, grads: Any, states: list[Any], family: int, flags: int):
+    """One call of the kernel over every leaf: new params and state arrays, each aliased to its input buffer."""
     p, treedef = jax.tree.flatten(params)
-    g, m, v = jax.tree.leaves(grads), jax.tree.leaves(mu), jax.tree.leaves(nu)
+    per_leaf = list(zip(p, jax.tree.leaves(grads), *(jax.tree.leaves(s) for s in states)))
     dtype = p[0].dtype
     operands = [jnp.stack([jnp.asarray(c, dtype) for c in coefs])]
     results, aliases = [], {}
-    for i, leaf in enumerate(zip(p, g, m, v)):
-        operands.extend(leaf)
-        for j, k in enumerate((0, 2, 3)):  # p, m, v are written in place
-            aliases[1 + 4 * i + k] = 3 * i + j
-            results.append(jax.ShapeDtypeStruct(leaf[k].shape, dtype))
+    written = (0, *range(2, 2 + len(states)))  # p and the state arrays are written in place; g is only read
+    for arrays in per_leaf:
+        for k in written:
+            aliases[len(operands) + k] = len(results)
+            results.append(jax.ShapeDtypeStruct(arrays[k].shape, dtype))
+        operands.extend(arrays)
     call = jax.ffi.ffi_call(TARGET, results, input_output_aliases=aliases, vmap_method="sequential")
-    out = call(*operands, **flags)
-    new_p, new_m, new_v = out[0::3], out[1::3], out[2::3]
-    return tuple(jax.tree.unflatten(treedef, x) for x in (new_p, new_m, new_v))
+    out = call(*operands, family=family, flags=flags)
+    return [jax.tree.unflatten(treedef, out[k :: len(written)]) for k in range(len(written))]
 
 
 def _hyperparameter(value: Any, state: Any) -> tuple[Any, Any]:
@@ -180,32 +187,36 @@ def _hyperparameter(value: Any, state: Any) -> tuple[Any, Any]:
     return value, state
 
 
-def _fused(
-    name: str,
-    optimizer: optax.GradientTransformation,
-    *,
-    nadam: bool,
-    coupled: bool,
-    learning_rate: Any,
-    b1: float,
-    b2: float,
-    eps: float,
-    weight_decay: Any,
-    momentum_decay: float = 0.0,
-) -> FusedOptimizer:
-    """The fused step of `optimizer` = chain(scale_by_adam or scale_by_nadam, weight decay, learning rate)."""
+# The kernel's families (fused_step.cc, enum Family) and its eight family coefficients per step: a function of the
+# direction transform's state returning them and the new values of that state's non-array fields.
+ADAM, NADAM, MOMENTUM, RMS, ADAGRAD = range(5)
+
+
+class _Family(NamedTuple):
+    kernel: int
+    arrays: tuple[str, ...]  # the direction state's per-parameter fields, in the kernel's order
+    coefficients: Callable[[Any], tuple[list[Any], dict[str, Any]]]
+    flags: tuple[bool, bool] = (False, False)  # Adam family: torch.lerp's second form; momentum: Nesterov, dampening
+
+
+def _fused(name: str, optimizer: optax.GradientTransformation, family: _Family | None, *, coupled: bool,
+           learning_rate: Any, weight_decay: Any) -> FusedOptimizer:
+    """The fused step of `optimizer`: chain(decay, direction, lr) if `coupled`, else chain(direction, decay, lr).
+
+    `family` None: a step without state (SGD without momentum), one pass already in XLA, which runs it.
+    """
     decays = not is_zero(weight_decay)
-    flags = dict(nadam=int(nadam), lerp_near_end=int(abs(1 - b1) >= 0.5), coupled=int(coupled and decays))
-    flags["decoupled"] = int(decays and not coupled)
+    flags = family and 8 * family.flags[0] + 4 * family.flags[1] + 2 * (coupled and decays) + (decays and not coupled)
 
     def step(grads, state, params):
-        if coupled:
-            decay_state, inner, lr_state = state
+        if family is None:
+            reason = ""
         else:
-            inner, decay_state, lr_state = state
-        check_tree(name, grads, inner.mu)
-        check_tree(name, params, inner.mu, "the state's params")
-        reason = _why_not_fused(jax.tree.leaves((params, grads, inner.mu, inner.nu)))
+            decay_state, inner, lr_state = state if coupled else (state[1], state[0], state[2])
+            arrays = [getattr(inner, field) for field in family.arrays]
+            check_tree(name, grads, arrays[0])
+            check_tree(name, params, arrays[0], "the state's params")
+            reason = _why_not_fused(jax.tree.leaves((params, grads, arrays)))
         if reason is not None:
             if reason:
                 warnings.warn(f"optimjax.fused.{name}: XLA path instead of the fused kernel: {reason}", stacklevel=2)
@@ -214,23 +225,31 @@ def _fused(
         if not jax.tree.leaves(params):
             return params, optimizer.update(grads, state, params)[1]
 
-        count, t = next_count(inner.count)
-        if nadam:
-            mu_product, a, b, c = nadam_scalars(b1, b2, momentum_decay, t, inner.mu_product)
-        else:
-            a, c, b = adam_scalars(b1, b2, t)
+        coefficients, fields = family.coefficients(inner)
         decay, decay_state = _hyperparameter(weight_decay, decay_state) if decays else (0.0, decay_state)
         lr, lr_state = _hyperparameter(learning_rate, lr_state)
-        # The kernel's coefficient order (fused_step.cc, enum Coef); each is cast as `_tree.like` casts it.
-        coefs = [1 - b1, b2, 1 - b2, a, b, c, eps, decay, decay, -lr]
-        params, mu, nu = _fused_update(coefs, params, grads, inner.mu, inner.nu, **flags)
-        if nadam:
-            inner = ScaleByNadamState(count, mu_product.astype(inner.mu_product.dtype), mu, nu)
-        else:
-            inner = ScaleByAdamState(count, mu, nu, None)
+        coefficients = [*coefficients, *[0.0] * (8 - len(coefficients)), decay, -lr]  # each cast as `like` does
+        params, *arrays = _fused_update(coefficients, params, grads, arrays, family.kernel, flags)
+        inner = inner._replace(**fields, **dict(zip(family.arrays, arrays)))
         return params, ((decay_state, inner, lr_state) if coupled else (inner, decay_state, lr_state))
 
     return FusedOptimizer(optimizer.init, step, optimizer)
+
+
+def _adam_family(b1: float, b2: float, eps: float, momentum_decay: float | None = None) -> _Family:
+    """Adam (momentum_decay None) or NAdam: m <- lerp(m, g, 1 - b1), v <- EMA of g**2, and the direction."""
+
+    def coefficients(inner):
+        count, t = next_count(inner.count)
+        if momentum_decay is None:
+            a, _, b = adam_scalars(b1, b2, t)
+            return [1 - b1, b2, 1 - b2, a, b, 0.0, eps], {"count": count}
+        mu_product, a, b, c = nadam_scalars(b1, b2, momentum_decay, t, inner.mu_product)
+        fields = {"count": count, "mu_product": mu_product.astype(inner.mu_product.dtype)}
+        return [1 - b1, b2, 1 - b2, a, b, c, eps], fields
+
+    kernel = ADAM if momentum_decay is None else NADAM
+    return _Family(kernel, ("mu", "nu"), coefficients, (abs(1 - b1) >= 0.5, False))
 
 
 def adam(
@@ -240,13 +259,13 @@ def adam(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
 ) -> FusedOptimizer:
-    """Fused `optimjax.adam` (Kingma & Ba, 2014; coupled L2 weight decay): same numbers, one pass on CPU.
+    """Fused `optimjax.adam` (Kingma & Ba, 2014; coupled L2 weight decay): its arithmetic, one pass on CPU.
 
     `torch.optim.Adam(..., fused=True)`. AMSGrad, eps_root and bf16 moments: use `optimjax.adam`.
     """
     optimizer = _adam(learning_rate, b1, b2, eps, weight_decay=weight_decay)
-    return _fused("adam", optimizer, nadam=False, coupled=True, learning_rate=learning_rate, b1=b1, b2=b2,
-                  eps=eps, weight_decay=weight_decay)
+    return _fused("adam", optimizer, _adam_family(b1, b2, eps), coupled=True, learning_rate=learning_rate,
+                  weight_decay=weight_decay)
 
 
 def adamw(
@@ -256,7 +275,7 @@ def adamw(
     eps: float = 1e-8,
     weight_decay: optax.ScalarOrSchedule = 1e-2,
 ) -> FusedOptimizer:
-    """Fused `optimjax.adamw` (Loshchilov & Hutter, 2019; decoupled decay): same numbers, one pass on CPU.
+    """Fused `optimjax.adamw` (Loshchilov & Hutter, 2019; decoupled decay): its arithmetic, one pass on CPU.
 
     `torch.optim.AdamW(..., fused=True)`. A decay mask, AMSGrad, eps_root and bf16 moments: use `optimjax.adamw`.
 
@@ -271,8 +290,8 @@ def adamw(
       [ 0.85 -2.  ]
     """
     optimizer = _adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay)
-    return _fused("adamw", optimizer, nadam=False, coupled=False, learning_rate=learning_rate, b1=b1, b2=b2,
-                  eps=eps, weight_decay=weight_decay)
+    return _fused("adamw", optimizer, _adam_family(b1, b2, eps), coupled=False, learning_rate=learning_rate,
+                  weight_decay=weight_decay)
 
 
 def nadam(
@@ -283,13 +302,13 @@ def nadam(
     momentum_decay: float = 4e-3,
     weight_decay: float = 0.0,
 ) -> FusedOptimizer:
-    """Fused `optimjax.nadam` (Dozat, 2016, with the momentum schedule): same numbers, one pass on CPU.
+    """Fused `optimjax.nadam` (Dozat, 2016, with the momentum schedule): its arithmetic, one pass on CPU.
 
     torch has no fused NAdam. bf16 moments: use `optimjax.nadam`.
     """
     optimizer = _nadam(learning_rate, b1, b2, eps, momentum_decay, weight_decay)
-    return _fused("nadam", optimizer, nadam=True, coupled=True, learning_rate=learning_rate, b1=b1, b2=b2,
-                  eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay)
+    return _fused("nadam", optimizer, _adam_family(b1, b2, eps, momentum_decay), coupled=True,
+                  learning_rate=learning_rate, weight_decay=weight_decay)
 
 
 def nadamw(
@@ -300,10 +319,80 @@ def nadamw(
     momentum_decay: float = 4e-3,
     weight_decay: optax.ScalarOrSchedule = 1e-2,
 ) -> FusedOptimizer:
-    """Fused `optimjax.nadamw` (NAdam with decoupled decay): same numbers, one pass on CPU.
+    """Fused `optimjax.nadamw` (NAdam with decoupled decay): its arithmetic, one pass on CPU.
 
     A decay mask and bf16 moments: use `optimjax.nadamw`.
     """
     optimizer = _nadamw(learning_rate, b1, b2, eps, momentum_decay, weight_decay)
-    return _fused("nadamw", optimizer, nadam=True, coupled=False, learning_rate=learning_rate, b1=b1, b2=b2,
-                  eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay)
+    return _fused("nadamw", optimizer, _adam_family(b1, b2, eps, momentum_decay), coupled=False,
+                  learning_rate=learning_rate, weight_decay=weight_decay)
+
+
+def sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+) -> FusedOptimizer:
+    """Fused `optimjax.sgd` (heavy-ball or Nesterov momentum, dampening, coupled L2 decay): one pass on CPU.
+
+    `torch.optim.SGD(..., fused=True)`. Without momentum there is no state and XLA already makes one pass: `step`
+    is then the plain optimizer's update and apply.
+    """
+    optimizer = _sgd(learning_rate, momentum, nesterov, dampening, weight_decay)
+    family = None
+    if momentum is not None and not is_zero(momentum):
+
+        def coefficients(inner):  # torch starts the buffer at g: no dampening on the first step
+            one_minus_dampening = 1 - jnp.where(inner.count == 0, 0.0, dampening) if dampening else 1.0
+            return [momentum, one_minus_dampening], {"count": optax.safe_increment(inner.count)}
+
+        family = _Family(MOMENTUM, ("velocity",), coefficients, (nesterov, not is_zero(dampening)))
+    return _fused("sgd", optimizer, family, coupled=True, learning_rate=learning_rate, weight_decay=weight_decay)
+
+
+def momentum(
+    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, dampening: float = 0.0, weight_decay: float = 0.0
+) -> FusedOptimizer:
+    """Fused `optimjax.momentum` (heavy ball): one pass on CPU."""
+    return sgd(learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+
+
+def nesterov(
+    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0
+) -> FusedOptimizer:
+    """Fused `optimjax.nesterov` (Sutskever et al.'s form of Nesterov momentum): one pass on CPU."""
+    return sgd(learning_rate, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+
+
+def rmsprop(
+    learning_rate: optax.ScalarOrSchedule = 1e-2,
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> FusedOptimizer:
+    """Fused `optimjax.rmsprop` (Hinton's RMSprop, coupled L2 decay): one pass on CPU.
+
+    torch has no fused RMSprop. Centered RMSprop and RMSprop with momentum: use `optimjax.rmsprop`.
+    """
+    optimizer = _rmsprop(learning_rate, decay, eps, weight_decay=weight_decay)
+    family = _Family(RMS, ("nu",), lambda inner: ([decay, 1 - decay, eps], {}))
+    return _fused("rmsprop", optimizer, family, coupled=True, learning_rate=learning_rate, weight_decay=weight_decay)
+
+
+def adagrad(
+    learning_rate: optax.ScalarOrSchedule = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+) -> FusedOptimizer:
+    """Fused `optimjax.adagrad` (Duchi et al., 2011, with torch's lr_decay): one pass on CPU.
+
+    `torch.optim.Adagrad(..., fused=True)`.
+    """
+    optimizer = _adagrad(learning_rate, lr_decay, weight_decay, initial_accumulator_value, eps)
+    family = _Family(ADAGRAD, ("sum_of_squares",), lambda inner: ([0.0, 0.0, eps], {}))
+    return _fused("adagrad", optimizer, family, coupled=True,
+                  learning_rate=decayed_learning_rate(learning_rate, lr_decay), weight_decay=weight_decay)

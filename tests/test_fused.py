@@ -5,10 +5,12 @@ documented per-element equations for one step, bit for bit; the plain optimjax o
 the fallbacks.
 """
 
+import inspect
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +24,13 @@ from optimjax.adam import adam_scalars
 from optimjax.nadam import nadam_scalars
 from cases import CASES, Problem
 
+# Every case of the table with a fused variant that runs the kernel (not AMSGrad, centered RMSprop or RMSprop
+# with momentum, Adadelta; plain SGD has no state and stays on XLA's single pass).
 FUSED_CASES = [
     c for c in CASES
-    if c.factory in (oj.adam, oj.adamw, oj.nadam, oj.nadamw) and not c.kwargs.get("amsgrad")
+    if hasattr(oj.fused, c.factory.__name__)
+    and set(c.kwargs) <= set(inspect.signature(getattr(oj.fused, c.factory.__name__)).parameters)
+    and (c.factory is not oj.sgd or c.kwargs.get("momentum"))
 ]
 F32_TOL = 1e-5
 F64_TOL = 1e-11
@@ -88,59 +94,100 @@ def test_learning_rate_schedule_matches_torch(case):
     assert problem.relative_error(ours, reference) < F32_TOL
 
 
-def _numpy_step(kind, hyper, t, p, g, m, v, mu_product=None):
+STEP_COUNT = 4  # the state's step counts before the tested step (t = 5), so that every correction is non-trivial
+MU_PRODUCT = 0.2  # NAdam's P_{t-1}
+
+
+def _numpy_step(kind, hyper, p, g, states):
     """One step of the documented equations (optimjax/_kernels/fused_step.cc), each operation rounded to float32.
 
-    The per-step scalars come from the same JAX functions as the transforms' (`adam_scalars`, `nadam_scalars`);
-    everything per element is numpy, in the order written in the docstrings of optimjax.adam / optimjax.nadam.
+    The per-step scalars of Adam and NAdam come from the same JAX functions as the transforms' (`adam_scalars`,
+    `nadam_scalars`); everything per element is numpy, in the order written in the transforms' docstrings.
+    Returns the new params and state arrays.
     """
     f32 = np.float32
-    lr, b1, b2, eps, wd = (hyper[k] for k in ("learning_rate", "b1", "b2", "eps", "weight_decay"))
-    coupled = kind in ("adam", "nadam")
-    if coupled and wd:
-        g = g + f32(wd) * p
-    w = f32(1 - b1)
-    m = m + w * (g - m) if abs(1 - b1) < 0.5 else g - (g - m) * (f32(1) - w)  # torch.lerp's two forms
-    v = v * f32(b2) + (f32(1 - b2) * g) * g
-    if kind.startswith("nadam"):
-        _, a, b, c = (np.asarray(x, f32) for x in nadam_scalars(b1, b2, hyper["momentum_decay"], t, mu_product))
-        d = (a * g + b * m) / (np.sqrt(v / c) + f32(eps))
-    else:
-        a, _, b = (np.asarray(x, f32) for x in adam_scalars(b1, b2, t))
-        d = (a * m) / (np.sqrt(v) / b + f32(eps))
-    if not coupled and wd:
-        d = d + f32(wd) * p
-    return p + f32(-lr) * d, m, v
+    lr, wd = f32(hyper["learning_rate"]), f32(hyper.get("weight_decay", 0.0))
+    decoupled = kind in ("adamw", "nadamw")
+    if wd and not decoupled:
+        g = g + wd * p
+    if kind in ("adam", "adamw", "nadam", "nadamw"):
+        b1, b2, eps, (m, v) = hyper["b1"], hyper["b2"], f32(hyper["eps"]), states
+        t = jnp.asarray(STEP_COUNT + 1, jnp.float32)
+        w = f32(1 - b1)
+        m = m + w * (g - m) if abs(1 - b1) < 0.5 else g - (g - m) * (f32(1) - w)  # torch.lerp's two forms
+        v = v * f32(b2) + (f32(1 - b2) * g) * g
+        if kind.startswith("nadam"):
+            scalars = nadam_scalars(b1, b2, hyper["momentum_decay"], t, jnp.asarray(MU_PRODUCT, jnp.float32))
+            _, a, b, c = (np.asarray(x, f32) for x in scalars)
+            d = (a * g + b * m) / (np.sqrt(v / c) + eps)
+        else:
+            a, _, b = (np.asarray(x, f32) for x in adam_scalars(b1, b2, t))
+            d = (a * m) / (np.sqrt(v) / b + eps)
+        new_states = [m, v]
+    elif kind == "sgd":
+        beta, (u,) = f32(hyper["momentum"]), states
+        u = u * beta + ((f32(1) - f32(hyper["dampening"])) * g if hyper.get("dampening") else g)
+        d = g + beta * u if hyper.get("nesterov") else u
+        new_states = [u]
+    elif kind == "rmsprop":
+        decay, (v,) = hyper["decay"], states
+        v = v * f32(decay) + (f32(1 - decay) * g) * g
+        d = g / (np.sqrt(v) + f32(hyper["eps"]))
+        new_states = [v]
+    else:  # adagrad; torch's lr / (1 + (t - 1) * lr_decay)
+        (acc,) = states
+        acc = acc + g * g
+        d = g / (np.sqrt(acc) + f32(hyper["eps"]))
+        lr = lr / (f32(1) + f32(STEP_COUNT) * f32(hyper.get("lr_decay", 0.0)))
+        new_states = [acc]
+    if wd and decoupled:
+        d = d + wd * p
+    return p + (-lr) * d, new_states
 
 
-HYPER = dict(learning_rate=3e-2, b1=0.9, b2=0.99, eps=1e-6, momentum_decay=4e-3)
+ADAM_HYPER = dict(learning_rate=3e-2, b2=0.99, eps=1e-6)
+ONE_STEP = [
+    (kind, {**ADAM_HYPER, "b1": b1, "weight_decay": wd, **({"momentum_decay": 4e-3} if "nadam" in kind else {})})
+    for kind in ("adam", "adamw", "nadam", "nadamw") for b1 in (0.9, 0.3) for wd in (0.0, 0.1)
+] + [
+    ("sgd", dict(learning_rate=0.05, momentum=0.9)),
+    ("sgd", dict(learning_rate=0.05, momentum=0.8, dampening=0.3, weight_decay=0.1)),
+    ("sgd", dict(learning_rate=0.05, momentum=0.7, nesterov=True, weight_decay=0.05)),
+    ("rmsprop", dict(learning_rate=1e-2, decay=0.9, eps=1e-6)),
+    ("rmsprop", dict(learning_rate=1e-2, decay=0.99, eps=1e-8, weight_decay=0.1)),
+    ("adagrad", dict(learning_rate=0.1, eps=1e-10)),
+    ("adagrad", dict(learning_rate=0.1, lr_decay=0.05, weight_decay=0.05, initial_accumulator_value=0.1, eps=1e-8)),
+]
 
 
-@pytest.mark.parametrize("kind", ["adam", "adamw", "nadam", "nadamw"])
-@pytest.mark.parametrize("b1", [0.9, 0.3], ids=["lerp_near_start", "lerp_near_end"])
-@pytest.mark.parametrize("weight_decay", [0.0, 0.1], ids=["no_decay", "decay"])
-def test_one_step_is_the_documented_float32_arithmetic_bit_for_bit(kind, b1, weight_decay):
-    hyper = {**HYPER, "b1": b1, "weight_decay": weight_decay}
-    fused = getattr(oj.fused, kind)(**{k: x for k, x in hyper.items() if k != "momentum_decay" or "nadam" in kind})
+@pytest.mark.parametrize("kind,hyper", ONE_STEP, ids=[f"{k}-{'-'.join(f'{n}={v}' for n, v in h.items())}"
+                                                       for k, h in ONE_STEP])
+def test_one_step_is_the_documented_float32_arithmetic_bit_for_bit(kind, hyper):
+    fused = getattr(oj.fused, kind)(**hyper)
     rng = np.random.default_rng(7)
     n = 3 * 65536 + 17  # several chunks of the kernel, the last one short
-    p, g, m = (rng.normal(size=n).astype(np.float32) for _ in range(3))
-    v = rng.exponential(size=n).astype(np.float32)
-    state = fused.init(jnp.asarray(p))
-    inner_index = 1 if kind in ("adam", "nadam") else 0
-    inner = state[inner_index]._replace(count=jnp.asarray(4, jnp.int32), mu=jnp.asarray(m), nu=jnp.asarray(v))
-    mu_product = None
-    if kind.startswith("nadam"):
-        mu_product = jnp.asarray(0.2, jnp.float32)
-        inner = inner._replace(mu_product=mu_product)
-    state = tuple(inner if i == inner_index else s for i, s in enumerate(state))
+    p, g = (rng.normal(size=n).astype(np.float32) for _ in range(2))
+    state_arrays = [rng.normal(size=n).astype(np.float32), rng.exponential(size=n).astype(np.float32)]
+    if kind in ("sgd", "rmsprop", "adagrad"):
+        state_arrays = state_arrays[1:]  # one array, non-negative for the EMA of squares and the sum of squares
+    supply = iter(state_arrays)
+
+    def fill(x):  # the state after STEP_COUNT steps: counts, NAdam's P_{t-1} and the given arrays
+        if x.shape == (n,):
+            return jnp.asarray(next(supply))
+        return jnp.asarray(STEP_COUNT if x.dtype == jnp.int32 else MU_PRODUCT, x.dtype)
+
+    state = jax.tree.map(fill, fused.init(jnp.asarray(p)))
+    assert next(supply, None) is None
     assert uses_kernel(fused, jnp.asarray(g), state, jnp.asarray(p))
     new_p, new_state = jax.jit(fused.step)(jnp.asarray(g), state, jnp.asarray(p))
-    want_p, want_m, want_v = _numpy_step(kind, hyper, jnp.asarray(5.0, jnp.float32), p, g, m, v, mu_product)
-    np.testing.assert_array_equal(np.asarray(new_state[inner_index].mu), want_m)
-    np.testing.assert_array_equal(np.asarray(new_state[inner_index].nu), want_v)
+    want_p, want_states = _numpy_step(kind, hyper, p, g, state_arrays)
+    got_states = [x for x in jax.tree.leaves(new_state) if x.shape == (n,)]
+    assert len(got_states) == len(want_states)
+    for got, want in zip(got_states, want_states):
+        np.testing.assert_array_equal(np.asarray(got), want)
     np.testing.assert_array_equal(np.asarray(new_p), want_p)
-    assert int(new_state[inner_index].count) == 5
+    assert all(int(c) == STEP_COUNT + 1 for c in jax.tree.leaves(new_state) if c.dtype == jnp.int32)
 
 
 def _xla_step(fused):
@@ -175,6 +222,9 @@ def _trajectories(fused, params, steps=30, seed=0):
     ("nadamw", dict(learning_rate=optax.exponential_decay(1e-2, 5, 0.5), weight_decay=0.05)),
     ("adam", dict(b1=0.3, weight_decay=0.05)),
     ("nadam", dict(momentum_decay=0.0)),
+    ("sgd", dict(learning_rate=optax.cosine_decay_schedule(0.05, 30), momentum=0.9, dampening=0.5)),
+    ("adagrad", dict(learning_rate=0.1, lr_decay=0.1, initial_accumulator_value=0.5)),
+    ("rmsprop", dict(learning_rate=1e-2, weight_decay=0.1)),
 ])
 def test_state_and_trajectory_match_the_xla_path(kind, kwargs):
     """Same state layout and counts as the GradientTransformation; parameters within a few float32 ulp (XLA
@@ -247,6 +297,16 @@ def test_vmap_over_a_batch_of_states_equals_a_loop():
             np.testing.assert_array_equal(batched_p[i], p_i)
             np.testing.assert_array_equal(batched_s[0].nu[i], s_i[0].nu)
         params, states = batched_p, batched_s
+
+
+def test_sgd_without_momentum_is_the_plain_single_pass_silently():
+    fused = oj.fused.sgd(0.1, weight_decay=0.1)
+    params, grads = {"w": jnp.linspace(-1, 1, 100, dtype=jnp.float32)}, {"w": jnp.ones(100, jnp.float32)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new_params, _ = jax.jit(fused.step)(grads, fused.init(params), params)
+        assert not uses_kernel(fused, grads, fused.init(params), params)
+    np.testing.assert_array_equal(new_params["w"], _xla_step(fused)(grads, fused.init(params), params)[0]["w"])
 
 
 def test_bfloat16_falls_back_to_the_xla_path_with_a_warning():

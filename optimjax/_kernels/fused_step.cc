@@ -1,29 +1,35 @@
-// One pass over memory per parameter for the Adam family: optimjax.fused's CPU kernel.
+// One pass over memory per parameter: optimjax.fused's CPU kernel, called through XLA's FFI.
 //
-// For every element of every leaf it reads p, g, m, v once and writes p, m, v once (28 bytes per fp32
-// parameter), where XLA:CPU makes three loops of the same arithmetic (40 bytes). The arithmetic is the one of
-// optimjax's GradientTransformations (and so of torch.optim's single-tensor path), operation by operation and
-// in the same order, compiled without floating-point contraction or fast-math, so that a fused step gives the
-// same numbers as `optimizer.update` followed by `optax.apply_updates`:
+// For every element of every leaf it reads p, g and the state once and writes p and the state once (28 bytes
+// per fp32 parameter for the Adam family, 20 for SGD with momentum, RMSprop and Adagrad), where XLA:CPU makes a
+// loop per output array. The arithmetic is the one written in the docstrings of optimjax's transforms (that is,
+// torch.optim's single-tensor path), operation by operation and in the same order, each operation rounded once
+// (compiled without contraction into FMA and without fast-math):
 //
-//   g <- g + coupled_wd * p                          (adam, nadam with weight_decay: L2 added to the gradient)
-//   m <- m + w1 * (g - m)          (w1 = 1 - b1 < 0.5; torch.lerp's other form  g - (g - m) * (1 - w1) else)
-//   v <- v * b2 + ((1 - b2) * g) * g
-//   d <- (a * m) / (sqrt(v) / b + eps)              (adam: a = 1 / (1 - b1^t), b = sqrt(1 - b2^t))
-//   d <- (a * g + b * m) / (sqrt(v / c) + eps)      (nadam: a, b its two coefficients, c = 1 - b2^t)
-//   d <- d + decoupled_wd * p                        (adamw, nadamw)
+//   g <- g + wd * p                                  (coupled L2 decay: adam, nadam, sgd, rmsprop, adagrad)
+//   adam, nadam:  m <- m + w1 * (g - m)              (w1 = 1 - b1 < 0.5; else torch.lerp's g - (g - m) * (1 - w1))
+//                 v <- v * b2 + ((1 - b2) * g) * g
+//                 d <- (a * m) / (sqrt(v) / b + eps)          (adam: a = 1 / (1 - b1^t), b = sqrt(1 - b2^t))
+//                 d <- (a * g + b * m) / (sqrt(v / c) + eps)  (nadam: its two coefficients, c = 1 - b2^t)
+//   momentum:     u <- u * beta + g   (or + (1 - dampening) * g);   d <- u, or g + beta * u (Nesterov)
+//   rmsprop:      v <- v * decay + ((1 - decay) * g) * g;   d <- g / (sqrt(v) + eps)
+//   adagrad:      s <- s + g * g;                           d <- g / (sqrt(s) + eps)
+//   d <- d + wd * p                                  (decoupled decay: adamw, nadamw)
 //   p <- p + neg_lr * d
 //
-// The per-step scalars are computed once in JAX and passed as a small buffer; which terms exist is fixed per
-// optimizer and passed as attributes. Work is split into chunks claimed from an atomic counter by the calling
-// thread and by helpers scheduled on XLA's intra-op thread pool, so both cores stream memory.
+// The per-step scalars are computed once in JAX and passed as a small buffer; the family and which terms exist
+// are attributes, resolved into one specialized loop at compile time so that it vectorizes. Work is split into
+// chunks claimed from an atomic counter by the calling thread and by helpers scheduled on XLA's intra-op thread
+// pool, so every core streams memory; one call updates every leaf of the tree.
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -32,70 +38,86 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-enum Coef { kW1, kB2, kOneMinusB2, kA, kB, kC, kEps, kCoupledWd, kDecoupledWd, kNegLr, kNumCoefs };
-
-struct Flags {
-  bool nadam, lerp_near_end, coupled, decoupled;
-};
+enum Family : int { kAdam, kNadam, kMomentum, kRms, kAdagrad, kNumFamilies };
+constexpr int kNumFlagSets = 16;  // four flags: two of the family's, coupled decay, decoupled decay
+// Coefficients: eight of the family's (below), then the weight decay and -learning_rate.
+//   adam, nadam: w1, b2, 1 - b2, a, b, c, eps     momentum: beta, 1 - dampening     rmsprop, adagrad: decay, 1 - decay, eps
+constexpr int kNumCoefs = 10, kWd = 8, kNegLr = 9;
 
 template <typename T>
 struct Leaf {
   T* p;
   const T* g;
-  T* m;
-  T* v;
+  T* s0;  // m, the momentum buffer, v or the sum of squares
+  T* s1;  // v (Adam family), else unused
 };
 
-template <typename T, bool kNadam, bool kNearEnd, bool kCoupled, bool kDecoupled>
+// kFlag0 / kFlag1: Adam family: torch.lerp's second form, unused; momentum: Nesterov, dampening.
+template <typename T, int kFamily, bool kFlag0, bool kFlag1, bool kCoupled, bool kDecoupled>
 void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, const T* c) {
-  const T w1 = c[kW1], b2 = c[kB2], one_minus_b2 = c[kOneMinusB2], a = c[kA], b = c[kB], cc = c[kC],
-          eps = c[kEps], coupled_wd = c[kCoupledWd], decoupled_wd = c[kDecoupledWd], neg_lr = c[kNegLr];
-  const T one_minus_w1 = T(1) - w1;
+  const T wd = c[kWd], neg_lr = c[kNegLr];
   T* __restrict p = leaf.p;
   const T* __restrict gp = leaf.g;
-  T* __restrict mp = leaf.m;
-  T* __restrict vp = leaf.v;
+  T* __restrict s0 = leaf.s0;
+  T* __restrict s1 = leaf.s1;
   for (int64_t i = begin; i < end; ++i) {
     const T theta = p[i];
     T g = gp[i];
-    if (kCoupled) g = g + coupled_wd * theta;
-    T m = mp[i];
-    m = kNearEnd ? g - (g - m) * one_minus_w1 : m + w1 * (g - m);
-    const T v = vp[i] * b2 + (one_minus_b2 * g) * g;
-    T d = kNadam ? (a * g + b * m) / (std::sqrt(v / cc) + eps) : (a * m) / (std::sqrt(v) / b + eps);
-    if (kDecoupled) d = d + decoupled_wd * theta;
+    if (kCoupled) g = g + wd * theta;
+    T d;
+    if constexpr (kFamily == kAdam || kFamily == kNadam) {
+      const T w1 = c[0], b2 = c[1], one_minus_b2 = c[2], a = c[3], b = c[4], cc = c[5], eps = c[6];
+      T m = s0[i];
+      m = kFlag0 ? g - (g - m) * (T(1) - w1) : m + w1 * (g - m);
+      const T v = s1[i] * b2 + (one_minus_b2 * g) * g;
+      if constexpr (kFamily == kNadam) {
+        d = (a * g + b * m) / (std::sqrt(v / cc) + eps);
+      } else {
+        d = (a * m) / (std::sqrt(v) / b + eps);
+      }
+      s0[i] = m;
+      s1[i] = v;
+    } else if constexpr (kFamily == kMomentum) {
+      const T beta = c[0], one_minus_dampening = c[1];
+      const T u = s0[i] * beta + (kFlag1 ? one_minus_dampening * g : g);
+      d = kFlag0 ? g + beta * u : u;
+      s0[i] = u;
+    } else if constexpr (kFamily == kRms) {
+      const T decay = c[0], one_minus_decay = c[1], eps = c[2];
+      const T v = s0[i] * decay + (one_minus_decay * g) * g;
+      d = g / (std::sqrt(v) + eps);
+      s0[i] = v;
+    } else {
+      const T eps = c[2];
+      const T s = s0[i] + g * g;
+      d = g / (std::sqrt(s) + eps);
+      s0[i] = s;
+    }
+    if (kDecoupled) d = d + wd * theta;
     p[i] = theta + neg_lr * d;
-    mp[i] = m;
-    vp[i] = v;
   }
 }
 
 template <typename T>
 using RangeFn = void (*)(const Leaf<T>&, int64_t, int64_t, const T*);
 
-template <typename T, bool... kFlags>
-RangeFn<T> Pick() {
-  return &UpdateRange<T, kFlags...>;
+template <typename T, size_t... kIndex>
+constexpr std::array<RangeFn<T>, sizeof...(kIndex)> MakeTable(std::index_sequence<kIndex...>) {
+  return {&UpdateRange<T, int(kIndex / kNumFlagSets), bool(kIndex & 8), bool(kIndex & 4), bool(kIndex & 2),
+                       bool(kIndex & 1)>...};
 }
 
-// The specialization for these flags: the branches are resolved at compile time, so the loop vectorizes.
 template <typename T>
-RangeFn<T> Select(const Flags& f) {
-  const int index = f.nadam * 8 + f.lerp_near_end * 4 + f.coupled * 2 + f.decoupled;
-  static const RangeFn<T> table[16] = {
-      Pick<T, 0, 0, 0, 0>(), Pick<T, 0, 0, 0, 1>(), Pick<T, 0, 0, 1, 0>(), Pick<T, 0, 0, 1, 1>(),
-      Pick<T, 0, 1, 0, 0>(), Pick<T, 0, 1, 0, 1>(), Pick<T, 0, 1, 1, 0>(), Pick<T, 0, 1, 1, 1>(),
-      Pick<T, 1, 0, 0, 0>(), Pick<T, 1, 0, 0, 1>(), Pick<T, 1, 0, 1, 0>(), Pick<T, 1, 0, 1, 1>(),
-      Pick<T, 1, 1, 0, 0>(), Pick<T, 1, 1, 0, 1>(), Pick<T, 1, 1, 1, 0>(), Pick<T, 1, 1, 1, 1>(),
-  };
-  return table[index];
+RangeFn<T> Select(int64_t family, int64_t flags) {
+  static constexpr auto table = MakeTable<T>(std::make_index_sequence<kNumFamilies * kNumFlagSets>());
+  return table[family * kNumFlagSets + flags];
 }
 
 struct Chunk {
   int64_t leaf, begin, end;
 };
 
-// Elements per chunk: 64K fp32 elements are 256 KiB per array, small enough to balance two threads over a few
+// Elements per chunk: 64K fp32 elements are 256 KiB per array, small enough to balance the threads over a few
 // large leaves, large enough that claiming a chunk costs nothing next to streaming it.
 constexpr int64_t kChunk = int64_t{1} << 16;
 
@@ -103,7 +125,7 @@ template <typename T>
 struct Work {
   std::vector<Leaf<T>> leaves;
   std::vector<Chunk> chunks;
-  std::vector<T> coefs;
+  std::array<T, kNumCoefs> coefs;
   RangeFn<T> fn;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
@@ -119,33 +141,28 @@ struct Work {
 
 template <typename T>
 ffi::Error Step(ffi::ThreadPool& pool, ffi::AnyBuffer coefs, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                const Flags& flags) {
-  if (coefs.element_count() != kNumCoefs) {
-    return ffi::Error::InvalidArgument("optimjax fused step: wrong number of coefficients");
+                int64_t family, int64_t flags) {
+  const size_t states = family == kAdam || family == kNadam ? 2 : 1;
+  const size_t in = 2 + states, out = 1 + states, n = args.size() / in;
+  if (args.size() != n * in || rets.size() != n * out) {
+    return ffi::Error::InvalidArgument("optimjax fused step: expected (p, g, *state) per leaf");
   }
   auto work = std::make_shared<Work<T>>();
-  work->coefs.assign(coefs.typed_data<T>(), coefs.typed_data<T>() + kNumCoefs);
-  work->fn = Select<T>(flags);
-  const size_t n = args.size() / 4;
+  std::copy_n(coefs.typed_data<T>(), kNumCoefs, work->coefs.begin());
+  work->fn = Select<T>(family, flags);
   work->leaves.reserve(n);
   for (size_t i = 0; i < n; ++i) {
-    auto p = args.get<ffi::AnyBuffer>(4 * i);
-    auto g = args.get<ffi::AnyBuffer>(4 * i + 1);
-    auto m = args.get<ffi::AnyBuffer>(4 * i + 2);
-    auto v = args.get<ffi::AnyBuffer>(4 * i + 3);
-    auto p_out = rets.get<ffi::AnyBuffer>(3 * i);
-    auto m_out = rets.get<ffi::AnyBuffer>(3 * i + 1);
-    auto v_out = rets.get<ffi::AnyBuffer>(3 * i + 2);
-    if (!p.has_value() || !g.has_value() || !m.has_value() || !v.has_value() || !p_out.has_value() ||
-        !m_out.has_value() || !v_out.has_value()) {
-      return ffi::Error::InvalidArgument("optimjax fused step: expected (p, g, m, v) per leaf");
+    // The outputs alias the inputs p and state (input_output_aliases); XLA copies first if one is not donated.
+    T* data[4] = {};
+    for (size_t k = 0; k < out; ++k) {
+      auto result = rets.get<ffi::AnyBuffer>(out * i + k);
+      if (!result.has_value()) return ffi::Error::InvalidArgument("optimjax fused step: bad result buffer");
+      data[k] = (*result)->typed_data<T>();
     }
-    // The outputs alias the inputs (input_output_aliases); XLA copies first when an input is not donated.
-    T* pd = (*p_out)->typed_data<T>();
-    T* md = (*m_out)->typed_data<T>();
-    T* vd = (*v_out)->typed_data<T>();
+    auto p = args.get<ffi::AnyBuffer>(in * i), g = args.get<ffi::AnyBuffer>(in * i + 1);
+    if (!p.has_value() || !g.has_value()) return ffi::Error::InvalidArgument("optimjax fused step: bad argument");
     const int64_t size = p->element_count();
-    work->leaves.push_back({pd, g->typed_data<T>(), md, vd});
+    work->leaves.push_back({data[0], g->typed_data<T>(), data[1], data[2]});
     for (int64_t begin = 0; begin < size; begin += kChunk) {
       work->chunks.push_back({int64_t(i), begin, std::min(size, begin + kChunk)});
     }
@@ -163,16 +180,18 @@ ffi::Error Step(ffi::ThreadPool& pool, ffi::AnyBuffer coefs, ffi::RemainingArgs 
 }
 
 ffi::Error Dispatch(ffi::ThreadPool pool, ffi::AnyBuffer coefs, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                    int64_t nadam, int64_t lerp_near_end, int64_t coupled, int64_t decoupled) {
-  const Flags flags{nadam != 0, lerp_near_end != 0, coupled != 0, decoupled != 0};
-  if (args.size() % 4 != 0 || rets.size() != args.size() / 4 * 3) {
-    return ffi::Error::InvalidArgument("optimjax fused step: expected (p, g, m, v) per leaf");
+                    int64_t family, int64_t flags) {
+  if (family < 0 || family >= kNumFamilies || flags < 0 || flags >= kNumFlagSets) {
+    return ffi::Error::InvalidArgument("optimjax fused step: unknown family or flags");
+  }
+  if (coefs.element_count() != kNumCoefs) {
+    return ffi::Error::InvalidArgument("optimjax fused step: wrong number of coefficients");
   }
   switch (coefs.element_type()) {
     case ffi::DataType::F32:
-      return Step<float>(pool, coefs, args, rets, flags);
+      return Step<float>(pool, coefs, args, rets, family, flags);
     case ffi::DataType::F64:
-      return Step<double>(pool, coefs, args, rets, flags);
+      return Step<double>(pool, coefs, args, rets, family, flags);
     default:
       return ffi::Error::InvalidArgument("optimjax fused step: float32 or float64 only");
   }
@@ -186,7 +205,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OptimjaxFusedStep, Dispatch,
                                   .Arg<ffi::AnyBuffer>()
                                   .RemainingArgs()
                                   .RemainingRets()
-                                  .Attr<int64_t>("nadam")
-                                  .Attr<int64_t>("lerp_near_end")
-                                  .Attr<int64_t>("coupled")
-                                  .Attr<int64_t>("decoupled"));
+                                  .Attr<int64_t>("family")
+                                  .Attr<int64_t>("flags"));
