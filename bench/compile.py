@@ -1,13 +1,15 @@
-"""Compile time of one optimizer step, optimjax against optax, for pytrees of 10, 100 and 1000 leaves.
+"""Compile time of one optimizer step, optimjax (and optimjax.fused) against optax, for 10, 100 and 1000 leaves.
 
     python -m bench.compile                                    # SGD Nesterov, AdamW, NAdam; 10, 100, 1000 leaves
     python -m bench.compile --optimizers all --leaves 1000 --repeats 5
 
-The step is the one `python -m bench.step` times, `jit(update + apply_updates)` with params and state donated.
+The step is the one `python -m bench.step` times, `jit(update + apply_updates)` with params and state donated,
+and where optimjax.fused has the optimizer (`Contender.fused`) also `jit(optimjax.fused.<name>(...).step)`, which
+compiles to one custom call over every leaf (its C++ kernel is built, or loaded from its cache, before any timing).
 Tracing and lowering (`jax.jit(step).lower(...)`, Python and JAX) and XLA's compilation (`.compile()`) are timed
 separately, on abstract arguments (no arrays are allocated), with a fresh `jax.jit` each time so that nothing is
 reused from a cache. One untimed compilation per tree size comes first (the first one of a size is slower);
-then optimjax and optax take turns, which one goes first alternating. Reported: medians over `--repeats`.
+then the implementations take turns, which one goes first rotating. Reported: medians over `--repeats`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.harness import CONTENDERS, RESULTS, Progress, jitted_step, machine, median, parse_names, write_json
+import optimjax.fused
+from bench.harness import CONTENDERS, RESULTS, Contender, Progress, jitted, machine, median, parse_names, write_json
 
 DEFAULT_LEAVES = "10,100,1000"
 DEFAULT_OPTIMIZERS = "sgd_nesterov,adamw,nadam"  # one of each family; a 1000-leaf compilation takes ~10 s here
-IMPLS = ("optimjax", "optax")
+FUSED = "optimjax fused"
+IMPLS = ("optimjax", "optax", FUSED)  # FUSED where the contender has an optimjax.fused variant
 
 
 # The leaves of one block of a small transformer (width 64): layer-norm scale and bias, attention QKV and output
@@ -39,29 +43,40 @@ def abstract_params(n_leaves: int) -> list[jax.ShapeDtypeStruct]:
     return [jax.ShapeDtypeStruct(BLOCK_SHAPES[i % len(BLOCK_SHAPES)], jnp.float32) for i in range(n_leaves)]
 
 
-def compile_seconds(tx: Any, params: list[jax.ShapeDtypeStruct]) -> tuple[float, float]:
-    """Seconds to trace and lower one step, and seconds for XLA to compile it."""
+def implementations(contender: Contender) -> dict[str, Any]:
+    """Factory of each implementation of `contender` that is timed: optimjax, optax and optimjax.fused's if any."""
+    factories = {"optimjax": contender.optimjax, "optax": contender.optax, FUSED: contender.fused}
+    return {impl: factories[impl] for impl in IMPLS if factories[impl] is not None}
+
+
+def compile_seconds(tx: Any, params: list[jax.ShapeDtypeStruct]) -> tuple[float, float, Any]:
+    """Seconds to trace and lower one step, seconds for XLA to compile it, and the lowered step (`tx`: a
+    GradientTransformation or a FusedOptimizer)."""
     state = jax.eval_shape(tx.init, params)
     start = time.perf_counter()
-    lowered = jitted_step(tx).lower(params, state, params)
+    lowered = jitted(tx).lower(params, state, params)
     traced = time.perf_counter()
     lowered.compile()
-    return traced - start, time.perf_counter() - traced
+    return traced - start, time.perf_counter() - traced, lowered
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = ("leaves", "optimizer", "optimjax s", "(trace)", "optax s", "(trace)", "optimjax/optax")
+    """Median seconds (trace + lower + compile, and trace + lower alone) per row; "fused" is optimjax.fused."""
+    cols = ("leaves", "optimizer", "optimjax s", "(trace)", "fused s", "(trace)", "optax s", "(trace)",
+            "optimjax/optax", "fused/optax")
     lines = ["  ".join(f"{c:>14}" for c in cols)]
     for row in rows:
-        ours, theirs = row["optimjax"], row["optax"]
-        cells = (row["leaves"], row["optimizer"], f"{ours['total_s']:.2f}", f"{ours['trace_s']:.2f}",
-                 f"{theirs['total_s']:.2f}", f"{theirs['trace_s']:.2f}", f"{row['ratio']:.2f}")
+        cells = [row["leaves"], row["optimizer"]]
+        for impl in ("optimjax", FUSED, "optax"):
+            times = row.get(impl)
+            cells += [f"{times['total_s']:.2f}", f"{times['trace_s']:.2f}"] if times else ["n/a", "n/a"]
+        cells += [f"{row['ratio']:.2f}", "n/a" if row["fused_ratio"] is None else f"{row['fused_ratio']:.2f}"]
         lines.append("  ".join(f"{c:>14}" for c in cells))
     return "\n".join(lines)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Total compile time against the number of leaves, one colour per optimizer, optax dashed."""
+    """Total compile time against the number of leaves, one colour per optimizer, optax dashed, fused dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,9 +87,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for k, name in enumerate(dict.fromkeys(row["optimizer"] for row in rows)):
         mine = [row for row in rows if row["optimizer"] == name]
         leaves = [row["leaves"] for row in mine]
-        for impl, style in zip(IMPLS, ("-", "--")):
-            ax.plot(leaves, [row[impl]["total_s"] for row in mine], style, marker="o", color=f"C{k}",
-                    label=f"{name} ({impl})")
+        for impl, style, marker in zip(IMPLS, ("-", "--", ":"), ("o", "o", "s")):
+            if impl in mine[0]:
+                ax.plot(leaves, [row[impl]["total_s"] for row in mine], style, marker=marker, color=f"C{k}",
+                        label=f"{name} ({impl})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("leaves in the parameter tree")
@@ -107,23 +123,30 @@ def run(leaves: str = DEFAULT_LEAVES, optimizers: str = DEFAULT_OPTIMIZERS, repe
         params = abstract_params(n_leaves)
         compile_seconds(CONTENDERS[names[0]].optax(), params)  # untimed: the first compilation of a size is slower
         for i, name in enumerate(names):
-            contender = CONTENDERS[name]
-            samples: dict[str, dict[str, list[float]]] = {impl: {"trace_s": [], "compile_s": []} for impl in IMPLS}
+            factories = implementations(CONTENDERS[name])
+            impls = list(factories)
+            samples: dict[str, dict[str, list[float]]] = {impl: {"trace_s": [], "compile_s": []} for impl in impls}
+            fused_kernel = None  # whether the fused step calls optimjax.fused's kernel (False: its XLA fallback)
             for r in range(repeats):
-                order = IMPLS if (i + r) % 2 == 0 else IMPLS[::-1]
-                for impl in order:
-                    traced, compiled = compile_seconds(getattr(contender, impl)(), params)
+                k = (i + r) % len(impls)
+                for impl in impls[k:] + impls[:k]:
+                    traced, compiled, lowered = compile_seconds(factories[impl](), params)
                     samples[impl]["trace_s"].append(traced)
                     samples[impl]["compile_s"].append(compiled)
+                    if impl == FUSED and fused_kernel is None:
+                        fused_kernel = optimjax.fused.TARGET in lowered.as_text()
             row: dict[str, Any] = {"leaves": n_leaves, "optimizer": name}
-            for impl in IMPLS:
+            for impl in impls:
                 totals = [a + b for a, b in zip(samples[impl]["trace_s"], samples[impl]["compile_s"])]
                 row[impl] = {"trace_s": median(samples[impl]["trace_s"]),
                              "compile_s": median(samples[impl]["compile_s"]), "total_s": median(totals),
                              "samples_total_s": totals}
             row["ratio"] = row["optimjax"]["total_s"] / row["optax"]["total_s"]
+            row["fused_ratio"] = row[FUSED]["total_s"] / row["optax"]["total_s"] if FUSED in row else None
+            row["fused_kernel"] = fused_kernel
             rows.append(row)
-            progress(f"{n_leaves} leaves, {name}: optimjax {row['optimjax']['total_s']:.2f} s, "
+            fused = f", optimjax fused {row[FUSED]['total_s']:.2f} s" if FUSED in row else ""
+            progress(f"{n_leaves} leaves, {name}: optimjax {row['optimjax']['total_s']:.2f} s{fused}, "
                      f"optax {row['optax']['total_s']:.2f} s")
     results = {"benchmark": "compile", "machine": description,
                "settings": {"leaves": leaf_counts, "optimizers": names, "repeats": repeats,
@@ -133,7 +156,9 @@ def run(leaves: str = DEFAULT_LEAVES, optimizers: str = DEFAULT_OPTIMIZERS, repe
     print(table(rows))
     for n_leaves in leaf_counts:
         ratios = [row["ratio"] for row in rows if row["leaves"] == n_leaves]
-        print(f"{n_leaves} leaves: optimjax/optax median {np.median(ratios):.2f}, worst {max(ratios):.2f}")
+        fused = [row["fused_ratio"] for row in rows if row["leaves"] == n_leaves and row["fused_ratio"] is not None]
+        print(f"{n_leaves} leaves: optimjax/optax median {np.median(ratios):.2f}, worst {max(ratios):.2f}"
+              + (f"; optimjax fused/optax median {np.median(fused):.2f}, worst {max(fused):.2f}" if fused else ""))
     if out is not None:
         write_json(Path(out) / "compile.json", results)
         plot(results, Path(out) / "compile.png")

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 import optimjax
+import optimjax.fused
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,6 +35,8 @@ class Contender:
       optimjax, optax: factories of the GradientTransformation.
       torch_class, torch_kwargs: the torch optimizer is `getattr(torch.optim, torch_class)(params, **torch_kwargs)`.
       optax_differs: how optax's method differs from torch's (and optimjax's), "" when it is the same method.
+      fused: factory of the `optimjax.fused` optimizer with the hyperparameters of `optimjax`, None where
+        optimjax.fused has no such optimizer.
     """
 
     name: str
@@ -43,6 +46,7 @@ class Contender:
     torch_class: str
     torch_kwargs: dict[str, Any]
     optax_differs: str = ""
+    fused: Callable[[], optimjax.fused.FusedOptimizer] | None = None
 
     def floor_bytes(self, itemsize: int) -> int:
         """Bytes an ideal step moves per parameter: read params, grads and state once, write params and state."""
@@ -63,12 +67,14 @@ CONTENDERS: dict[str, Contender] = {
             lambda: optimjax.adam(1e-3),
             lambda: optax.adam(1e-3),
             "Adam", dict(lr=1e-3),
+            fused=lambda: optimjax.fused.adam(1e-3),
         ),
         Contender(
             "adamw", 2,
             lambda: optimjax.adamw(1e-3, weight_decay=1e-2),
             lambda: optax.adamw(1e-3, weight_decay=1e-2),
             "AdamW", dict(lr=1e-3, weight_decay=1e-2),
+            fused=lambda: optimjax.fused.adamw(1e-3, weight_decay=1e-2),
         ),
         Contender(
             "nadam", 2,
@@ -76,6 +82,7 @@ CONTENDERS: dict[str, Contender] = {
             lambda: optax.nadam(2e-3),
             "NAdam", dict(lr=2e-3),
             "optax.nadam has a constant momentum b1, no momentum schedule",
+            fused=lambda: optimjax.fused.nadam(2e-3),
         ),
         Contender(
             "nadamw", 2,
@@ -83,6 +90,7 @@ CONTENDERS: dict[str, Contender] = {
             lambda: optax.nadamw(2e-3, weight_decay=1e-2),
             "NAdam", dict(lr=2e-3, weight_decay=1e-2, decoupled_weight_decay=True),
             "optax.nadamw has a constant momentum b1, no momentum schedule",
+            fused=lambda: optimjax.fused.nadamw(2e-3, weight_decay=1e-2),
         ),
         Contender(
             "rmsprop", 1,
@@ -168,6 +176,25 @@ def jitted_step(tx: optax.GradientTransformation, steps_per_call: int = 1) -> Ca
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
+    return _jit_steps(step, steps_per_call)
+
+
+def jitted_fused_step(fused: optimjax.fused.FusedOptimizer, steps_per_call: int = 1) -> Callable:
+    """`jitted_step` for an `optimjax.fused` optimizer: the step is `fused.step(grads, state, params)`."""
+    return _jit_steps(lambda params, state, grads: fused.step(grads, state, params), steps_per_call)
+
+
+def jitted(optimizer: optax.GradientTransformation | optimjax.fused.FusedOptimizer,
+           steps_per_call: int = 1) -> Callable:
+    """`jitted_fused_step` for a FusedOptimizer, else `jitted_step`."""
+    if isinstance(optimizer, optimjax.fused.FusedOptimizer):
+        return jitted_fused_step(optimizer, steps_per_call)
+    return jitted_step(optimizer, steps_per_call)
+
+
+def _jit_steps(step: Callable, steps_per_call: int) -> Callable:
+    """jit(step), or of `steps_per_call` steps in a `lax.fori_loop`, with params and state (arguments 0, 1) donated."""
+
     def steps(params, state, grads):
         return jax.lax.fori_loop(0, steps_per_call, lambda _, carry: step(*carry, grads), (params, state))
 
@@ -212,6 +239,11 @@ def machine(torch: Any = None) -> dict[str, Any]:
         "device_count": jax.device_count(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # Whether optimjax.fused's CPU kernel is built and registered (this builds it, once, if not cached), so
+        # that building it is never part of a timed compilation or step. Even when available, the kernel only
+        # runs on a single CPU device; see each row's `fused_kernel` for whether a timed step called it.
+        "optimjax_fused": {"available": optimjax.fused.available(),
+                           "unavailable_reason": optimjax.fused.unavailable_reason()},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "versions": versions,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -9,8 +9,10 @@ run as `x <- x * c` in place over a 256 MiB buffer on all cores.
 
 How it times (see bench/README.md):
 - A JAX step is `jit(update + apply_updates)` with params and state donated, compiled before timing; each
-  implementation owns its buffers. torch.optim runs `step()` on tensors whose `.grad` holds the same gradients,
-  with `foreach=True` and with `fused=True` where torch has a fused kernel.
+  implementation owns its buffers. Where optimjax.fused has the optimizer (`Contender.fused`), "optimjax fused"
+  (`fused` in the table) is `jit(optimjax.fused.<name>(...).step)`: one C++ custom call over every leaf on CPU.
+  torch.optim runs `step()` on tensors whose `.grad` holds the same gradients, with `foreach=True` and with
+  `fused=True` where torch has a fused kernel ("torch fused").
 - Implementations take turns, one step each, rotating which goes first, so that drift hits all alike. optax's
   compiled step also runs on a second set of buffers as if it were another implementation: the A/A ratio of the
   two is the noise of every ratio in the table.
@@ -19,8 +21,8 @@ How it times (see bench/README.md):
   are the bandwidth samples.
 - torch runs in its own block after the JAX block of each round, then the run pauses, so that torch's OpenMP
   workers, which spin after a step, have stopped before JAX runs again.
-- Reported: the median of the timed steps; "/optax" and "A/A" are medians of the ratio of two steps taken back
-  to back; "/fused" is the ratio of medians (torch ran in another block).
+- Reported: the median of the timed steps; "/optax" and "A/A" are medians of the ratio of two steps taken in
+  the same turn; "/torch fused" is the ratio of medians (torch ran in another block).
 """
 
 from __future__ import annotations
@@ -37,16 +39,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.harness import CONTENDERS, RESULTS, Config, Contender, Progress, cores, jitted_step, machine, median
+import optimjax.fused
+from bench.harness import CONTENDERS, RESULTS, Config, Contender, Progress, cores, jitted, machine, median
 from bench.harness import parse_names, peak_bytes, tree_bytes, write_json
 
 DEFAULT_CONFIGS = "16M/8,16M/512,1M/256"
-JAX_IMPLS = ("optimjax", "optax", "optax A/A")
+FUSED = "optimjax fused"  # optimjax.fused's step, where the contender has one
+JAX_IMPLS = ("optimjax", "optax", "optax A/A", FUSED)
 TORCH_IMPLS = ("torch foreach", "torch fused")
 
 
 class JaxStep:
-    """One implementation's compiled step on its own params and state; a call runs one step, returns seconds."""
+    """One implementation's compiled step on its own params and state; a call runs one step, returns seconds.
+
+    `tx` is an optax GradientTransformation or an `optimjax.fused` FusedOptimizer (see `bench.harness.jitted`).
+    """
 
     def __init__(self, tx: Any, params: list[np.ndarray], grads: list[jax.Array], compiled: Any = None,
                  steps_per_call: int = 1):
@@ -54,7 +61,7 @@ class JaxStep:
         self.state = tx.init(self.params)
         self.grads = grads
         self.steps_per_call = steps_per_call
-        self.compiled = compiled or jitted_step(tx, steps_per_call).lower(self.params, self.state, grads).compile()
+        self.compiled = compiled or jitted(tx, steps_per_call).lower(self.params, self.state, grads).compile()
 
     def __call__(self) -> float:
         """Seconds per step of one call."""
@@ -119,14 +126,25 @@ class TorchStep:
         return time.perf_counter() - start
 
 
-def loops_per_leaf(compiled: Any, n_leaves: int) -> float:
-    """Loops over leaf-sized arrays (XLA kernels with array outputs) in the optimized HLO, per leaf.
+def kernels_per_step(compiled: Any, min_elements: int) -> int:
+    """Loops over leaf memory in the optimized HLO: kernels (fusions, copies, custom calls) with an array output of
+    at least `min_elements` elements (the smallest leaf).
 
-    optax's and optimjax's fp32 Adam step is 3 (m, v, then the parameters); a single pass per leaf would be 1.
+    Kernels whose outputs are all smaller (the per-step scalars; optimjax.fused stacks its ~10 coefficients into
+    one small array) are not counted. optax's and optimjax's fp32 Adam step has 3 per leaf (m, v, then the
+    parameters); optimjax.fused's has one custom call for all the leaves, which passes once over each of them.
     """
     entry = compiled.as_text().split("\nENTRY", 1)[1]
-    kernels = re.findall(r"^\s*(?:ROOT )?%\S+ = (\([^)]*\)|\w+\[[^\]]*\]\S*) (?:fusion|copy|custom-call)\(", entry, re.M)
-    return sum(1 for shape in kernels if re.search(r"\[\d", shape)) / n_leaves
+    kernels = re.findall(r"^\s*(?:ROOT )?%\S+ = (\([^)]*\)|\w+\[[^\]]*\]\S*) (?:fusion|copy|custom-call)\(", entry,
+                         re.M)
+    return sum(1 for shape in kernels
+               if any(math.prod(map(int, dims.split(","))) >= min_elements
+                      for dims in re.findall(r"\[(\d[\d,]*)\]", shape)))
+
+
+def calls_fused_kernel(compiled: Any) -> bool:
+    """Whether the compiled step calls optimjax.fused's kernel (False: it took the XLA fallback)."""
+    return f'custom_call_target="{optimjax.fused.TARGET}"' in compiled.as_text()
 
 
 def take_turns(runs: dict[str, Callable[[], float]], steps: int, first: int,
@@ -179,10 +197,13 @@ def measure(contender: Contender, config: Config, params: list[np.ndarray], grad
     theirs = JaxStep(contender.optax(), params, grads)
     jax_runs = {"optimjax": ours, "optax": theirs,
                 "optax A/A": JaxStep(contender.optax(), params, grads, compiled=theirs.compiled)}
+    fused = JaxStep(contender.fused(), params, grads) if contender.fused else None
+    if fused is not None:
+        jax_runs[FUSED] = fused
     if args.in_loop > 1:
-        for impl in ("optimjax", "optax"):
-            tx = getattr(contender, impl)()
-            jax_runs[f"{impl} in-loop"] = JaxStep(tx, params, grads, steps_per_call=args.in_loop)
+        for impl, factory in (("optimjax", contender.optimjax), ("optax", contender.optax), (FUSED, contender.fused)):
+            if factory is not None:
+                jax_runs[f"{impl} in-loop"] = JaxStep(factory(), params, grads, steps_per_call=args.in_loop)
     torch_runs, unavailable = {}, {}
     for name, flag in zip(TORCH_IMPLS, ("foreach", "fused")):
         if torch is None:
@@ -212,6 +233,10 @@ def measure(contender: Contender, config: Config, params: list[np.ndarray], grad
     ms = {name: 1e3 * median(times) for name, times in samples.items()}
     state = ours.state
     bound = tree_bytes(ours.params) + tree_bytes(grads) + tree_bytes(state) + max(p.nbytes for p in params)
+    compiled = {"optimjax": ours.compiled, "optax": theirs.compiled}
+    if fused is not None:
+        compiled[FUSED] = fused.compiled
+    kernels = {impl: kernels_per_step(c, min(p.size for p in params)) for impl, c in compiled.items()}
     row = {
         "optimizer": contender.name,
         "optax_differs": contender.optax_differs,
@@ -220,16 +245,19 @@ def measure(contender: Contender, config: Config, params: list[np.ndarray], grad
         "ratio_to_optax": paired_ratio(samples["optimjax"], samples["optax"]),
         "aa_ratio": paired_ratio(samples["optax A/A"], samples["optax"]),
         "ratio_to_torch_fused": ms["optimjax"] / ms["torch fused"] if "torch fused" in ms else None,
-        "peak_bytes": {"optimjax": peak_bytes(ours.compiled), "optax": peak_bytes(theirs.compiled)},
-        "loops_per_leaf": {"optimjax": loops_per_leaf(ours.compiled, config.n_leaves),
-                           "optax": loops_per_leaf(theirs.compiled, config.n_leaves)},
+        "fused_ratio_to_optax": paired_ratio(samples[FUSED], samples["optax"]) if fused is not None else None,
+        "fused_ratio_to_torch_fused": ms[FUSED] / ms["torch fused"] if FUSED in ms and "torch fused" in ms else None,
+        "fused_kernel": calls_fused_kernel(fused.compiled) if fused is not None else None,
+        "peak_bytes": {impl: peak_bytes(c) for impl, c in compiled.items()},
+        "kernels_per_step": kernels,
+        "loops_per_leaf": {impl: k / config.n_leaves for impl, k in kernels.items()},
         "peak_bound_bytes": bound,
         "torch_unavailable": unavailable,
         "samples_ms": {name: [1e3 * t for t in times] for name, times in samples.items()},
         "stream_samples_ms": [1e3 * t for t in stream_samples],
     }
-    progress(f"{config.name} {contender.name}: optimjax {ms['optimjax']:.2f} ms, optax {ms['optax']:.2f} ms, "
-             f"torch fused {_ms(ms.get('torch fused'))}")
+    progress(f"{config.name} {contender.name}: optimjax {ms['optimjax']:.2f} ms, optimjax fused {_ms(ms.get(FUSED))}, "
+             f"optax {ms['optax']:.2f}, torch fused {_ms(ms.get('torch fused'))}")
     return row
 
 
@@ -257,12 +285,16 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.0f}%"
 
 
-COLUMNS = ("optimizer", "floor ms", "optimjax ms", "optax ms", "torch foreach ms", "torch fused ms", "A/A",
-           "optimjax/optax", "optimjax/fused", "optimjax %floor", "optax %floor", "fused %floor",
-           "loops/leaf optimjax, optax", "peak MiB (bound)")
+COLUMNS = ("optimizer", "floor ms", "optimjax ms", "fused ms", "optax ms", "torch foreach ms", "torch fused ms",
+           "A/A", "optimjax/optax", "fused/optax", "optimjax/torch fused", "fused/torch fused", "optimjax %floor",
+           "fused %floor", "optax %floor", "torch fused %floor", "loops/leaf optimjax, optax", "fused kernels/step",
+           "peak MiB optimjax, fused (bound)")
+# "fused" is optimjax.fused ("optimjax fused" in the JSON); torch's fused=True is always "torch fused".
+# "fused kernels/step": the kernels over leaf memory in optimjax.fused's compiled step, for all the leaves together
+# (its one custom call passes once over each leaf); "loops/leaf" counts the same kernels per leaf.
 
 
-IN_LOOP_COLUMN = "in-loop ms optimjax, optax"
+IN_LOOP_COLUMN = "in-loop ms optimjax, fused, optax"
 
 
 def columns(result: dict[str, Any]) -> tuple[str, ...]:
@@ -271,19 +303,28 @@ def columns(result: dict[str, Any]) -> tuple[str, ...]:
 
 
 def table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
-    """One configuration's results, one tuple of formatted cells per optimizer (see `columns`)."""
+    """One configuration's results, one tuple of formatted cells per optimizer (see `columns`); "n/a" where an
+    implementation did not run (no optimjax.fused or torch fused=True variant, torch skipped)."""
     in_loop = IN_LOOP_COLUMN in columns(result)
     rows = []
     for row in result["rows"]:
-        ms, pct, peak, loops = row["ms"], row["pct_of_floor"], row["peak_bytes"]["optimjax"], row["loops_per_leaf"]
+        ms, pct, peak, loops = row["ms"], row["pct_of_floor"], row["peak_bytes"], row["loops_per_leaf"]
+        fused_kernels = row.get("kernels_per_step", {}).get(FUSED)
         rows.append((
-            row["optimizer"], _ms(row["floor_ms"]), _ms(ms["optimjax"]), _ms(ms["optax"]), _ms(ms.get("torch foreach")),
-            _ms(ms.get("torch fused")), _ratio(row["aa_ratio"]), _ratio(row["ratio_to_optax"]),
-            _ratio(row["ratio_to_torch_fused"]), _pct(pct.get("optimjax")), _pct(pct.get("optax")),
-            _pct(pct.get("torch fused")), f"{loops['optimjax']:.0f}, {loops['optax']:.0f}",
-            f"{'n/a' if peak is None else f'{peak / 2**20:.0f}'} ({row['peak_bound_bytes'] / 2**20:.0f})",
-        ) + ((f"{_ms(ms.get('optimjax in-loop'))}, {_ms(ms.get('optax in-loop'))}",) if in_loop else ()))
+            row["optimizer"], _ms(row["floor_ms"]), _ms(ms["optimjax"]), _ms(ms.get(FUSED)), _ms(ms["optax"]),
+            _ms(ms.get("torch foreach")), _ms(ms.get("torch fused")), _ratio(row["aa_ratio"]),
+            _ratio(row["ratio_to_optax"]), _ratio(row.get("fused_ratio_to_optax")),
+            _ratio(row["ratio_to_torch_fused"]), _ratio(row.get("fused_ratio_to_torch_fused")),
+            _pct(pct.get("optimjax")), _pct(pct.get(FUSED)), _pct(pct.get("optax")), _pct(pct.get("torch fused")),
+            f"{loops['optimjax']:.0f}, {loops['optax']:.0f}",
+            "n/a" if fused_kernels is None else f"{fused_kernels}",
+            f"{_mib(peak['optimjax'])}, {_mib(peak.get(FUSED))} ({_mib(row['peak_bound_bytes'])})",
+        ) + ((", ".join(_ms(ms.get(f"{impl} in-loop")) for impl in ("optimjax", FUSED, "optax")),) if in_loop else ()))
     return rows
+
+
+def _mib(x: int | None) -> str:
+    return "n/a" if x is None else f"{x / 2**20:.0f}"
 
 
 def heading(result: dict[str, Any]) -> str:
@@ -304,12 +345,30 @@ def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     parts = [f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['device']}; load average "
              f"{m['load_average_at_start'][0]} at start, {m['load_average_at_end'][0]} at end; torch threads "
-             f"{m['torch_threads']}; XLA_FLAGS={m['xla_flags']!r}; {m['date']}"]
+             f"{m['torch_threads']}; XLA_FLAGS={m['xla_flags']!r}; {m['date']}", "", fused_note(results)]
     for result in results["configs"]:
         parts += ["", f"**{heading(result)}**", "", "| " + " | ".join(columns(result)) + " |",
                   "|" + "---|" * len(columns(result))]
         parts += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
     return "\n".join(parts) + "\n"
+
+
+def fused_note(results: dict[str, Any]) -> str:
+    """What the "fused" columns are, and whether optimjax.fused's kernel ran."""
+    info = results["machine"].get("optimjax_fused", {})
+    rows = [row for result in results["configs"] for row in result["rows"] if row.get("fused_kernel") is not None]
+    if rows and all(row["fused_kernel"] for row in rows):
+        ran = "its C++ kernel ran (one custom call per step)"
+    elif any(row["fused_kernel"] for row in rows):
+        ran = "its C++ kernel ran in some rows only (see `fused_kernel` in step.json)"
+    elif rows:
+        ran = (f"its kernel did NOT run ({info.get('unavailable_reason') or 'not on a single CPU device'}): the fused "
+               "columns time its XLA fallback")
+    else:
+        ran = "no optimizer here has a fused variant"
+    names = ", ".join(name for name, contender in CONTENDERS.items() if contender.fused is not None)
+    return (f"fused = optimjax.fused ({names}), torch fused = torch.optim's fused=True; "
+            f"optimjax.fused available: {info.get('available')}; {ran}.")
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -321,7 +380,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     configs = results["configs"]
     fig, axes = plt.subplots(1, len(configs), figsize=(6 * len(configs), 4.5), squeeze=False)
-    impls = ("optimjax", "optax", *TORCH_IMPLS)
+    impls = ("optimjax", FUSED, "optax", *TORCH_IMPLS)
     width = 0.8 / len(impls)
     for ax, result in zip(axes[0], configs):
         names = [row["optimizer"] for row in result["rows"]]
@@ -378,6 +437,7 @@ def run(configs: str = DEFAULT_CONFIGS, optimizers: str = "all", steps: int = 20
         print(table(result), flush=True)
         print(flush=True)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(fused_note(results), flush=True)
     if out is not None:
         write_json(Path(out) / "step.json", results)
         (Path(out) / "step.md").write_text(markdown(results))

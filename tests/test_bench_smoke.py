@@ -1,7 +1,8 @@
 """The benchmarks under bench/ run end to end on a tiny configuration (seconds), so that they cannot rot.
 
 These tests check what the harness produces (every row, positive and finite timings, the floor's byte count, the
-peak-memory bound of the issue, like-for-like optimizers); they never assert on speed.
+peak-memory bound of the issue, like-for-like optimizers, optimjax.fused's rows and columns); they never assert on
+speed.
 """
 
 import json
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+import optimjax.fused
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not installed; import it from the checkout
 from bench import compile as compile_bench  # noqa: E402
 from bench import step as step_bench  # noqa: E402
@@ -24,6 +27,9 @@ from bench.harness import CONTENDERS, Config  # noqa: E402
 FLOOR_BYTES = {"sgd_nesterov": 20, "adam": 28, "adamw": 28, "nadam": 28, "nadamw": 28, "rmsprop": 20, "adagrad": 20}
 # torch 2.13 has a fused CPU kernel for these and not for the others.
 TORCH_FUSED = {"sgd_nesterov", "adam", "adamw", "adagrad"}
+# optimjax.fused has these.
+OPTIMJAX_FUSED = {"adam", "adamw", "nadam", "nadamw"}
+FUSED = "optimjax fused"
 
 
 def _flat_params(run):
@@ -44,40 +50,64 @@ def test_step_benchmark_writes_every_row(tmp_path):
     assert (tmp_path / "step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table_lines = [line for line in (tmp_path / "step.md").read_text().splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0][2:] for line in table_lines] == ["optimizer", *FLOOR_BYTES]
+    header = table_lines[0][2:-2].split(" | ")
+    for line in table_lines[1:]:  # optimjax.fused's cells: "n/a" exactly where the optimizer has no fused variant
+        cells = dict(zip(header, line[2:-2].split(" | ")))
+        for column in ("fused ms", "fused/optax", "fused %floor", "fused kernels/step"):
+            assert (cells[column] == "n/a") == (cells["optimizer"] not in OPTIMJAX_FUSED), (column, cells)
     assert saved["machine"]["cores"] >= 1 and saved["machine"]["jax_backend"] == "cpu"
+    assert saved["machine"]["optimjax_fused"] == {"available": optimjax.fused.available(),
+                                                  "unavailable_reason": optimjax.fused.unavailable_reason()}
     (config,) = saved["configs"]
     assert (config["n_params"], config["n_leaves"]) == (n_params, n_leaves)
     assert config["stream_in_place"] and _positive_finite(config["bandwidth_gb_s"])
     assert [row["optimizer"] for row in config["rows"]] == list(FLOOR_BYTES)
     for row in config["rows"]:
         name = row["optimizer"]
-        expected = {"optimjax", "optax", "optax A/A", "torch foreach"} | ({"torch fused"} if name in TORCH_FUSED else set())
+        jax_impls = {"optimjax", "optax"} | ({FUSED} if name in OPTIMJAX_FUSED else set())
+        expected = jax_impls | {"optax A/A", "torch foreach"} | ({"torch fused"} if name in TORCH_FUSED else set())
         assert set(row["ms"]) == expected, name
         assert set(row["torch_unavailable"]) == {"torch foreach", "torch fused"} - expected, name
         for impl, ms in row["ms"].items():
             assert _positive_finite(ms), (name, impl, ms)
             assert len(row["samples_ms"][impl]) == steps and all(map(_positive_finite, row["samples_ms"][impl]))
-        for ratio in (row["ratio_to_optax"], row["aa_ratio"]):
-            assert _positive_finite(ratio), (name, ratio)
+        ratios = [row["ratio_to_optax"], row["aa_ratio"]] + [row["fused_ratio_to_optax"]] * (name in OPTIMJAX_FUSED)
+        assert all(map(_positive_finite, ratios)), (name, ratios)
         assert (row["ratio_to_torch_fused"] is not None) == (name in TORCH_FUSED)
-        assert all(loops >= 1 for loops in row["loops_per_leaf"].values()), row["loops_per_leaf"]
+        assert (row["fused_ratio_to_optax"] is not None) == (name in OPTIMJAX_FUSED)
+        assert (row["fused_ratio_to_torch_fused"] is not None) == (name in OPTIMJAX_FUSED & TORCH_FUSED)
+        assert set(row["peak_bytes"]) == set(row["kernels_per_step"]) == set(row["loops_per_leaf"]) == jax_impls
+        assert all(row["loops_per_leaf"][impl] >= 1 for impl in ("optimjax", "optax")), row["loops_per_leaf"]
+        for impl, kernels in row["kernels_per_step"].items():
+            assert row["loops_per_leaf"][impl] == pytest.approx(kernels / n_leaves)
+        if name in OPTIMJAX_FUSED:
+            # The custom call is counted: one kernel for all the leaves when the kernel runs, else XLA's loops.
+            assert row["fused_kernel"] == optimjax.fused.available(), row
+            kernels = row["kernels_per_step"]
+            assert kernels[FUSED] == (1 if row["fused_kernel"] else kernels["optimjax"]), kernels
+        else:
+            assert row["fused_kernel"] is None
         assert row["floor_bytes_per_param"] == FLOOR_BYTES[name]
         bandwidth = config["bandwidth_gb_s"] * 1e9
         assert row["floor_ms"] == pytest.approx(1e3 * FLOOR_BYTES[name] * n_params / bandwidth)
-        assert row["pct_of_floor"]["optimjax"] == pytest.approx(100 * row["floor_ms"] / row["ms"]["optimjax"])
+        for impl in jax_impls:
+            assert row["pct_of_floor"][impl] == pytest.approx(100 * row["floor_ms"] / row["ms"][impl])
         # Peak memory of a step: params + grads + state (fp32, state arrays = (floor - 12) / 8) + one leaf
         # (+ a few scalars: step counts, NAdam's mu product).
         state_arrays = (FLOOR_BYTES[name] - 12) // 8
         bound = 4 * n_params * (2 + state_arrays) + 4 * math.ceil(n_params / n_leaves) + 64
-        assert 0 < row["peak_bytes"]["optimjax"] <= bound, (name, row["peak_bytes"], bound)
+        for impl in jax_impls - {"optax"}:
+            assert 0 < row["peak_bytes"][impl] <= bound, (name, impl, row["peak_bytes"], bound)
 
 
 def test_step_benchmark_without_torch_with_in_loop_steps(tmp_path):
     results = step_bench.run(configs="1K/2", optimizers="adamw", steps=2, rounds=1, warmup=0, stream_mib=1,
                              no_torch=True, pause=0.0, in_loop=3, out=tmp_path)
     (row,) = results["configs"][0]["rows"]
-    assert set(row["ms"]) == {"optimjax", "optax", "optax A/A", "optimjax in-loop", "optax in-loop"}
+    assert set(row["ms"]) == {"optimjax", "optax", "optax A/A", FUSED, "optimjax in-loop", "optax in-loop",
+                              f"{FUSED} in-loop"}
     assert all(_positive_finite(ms) for ms in row["ms"].values()) and row["ratio_to_torch_fused"] is None
+    assert _positive_finite(row["fused_ratio_to_optax"]) and row["fused_ratio_to_torch_fused"] is None
     assert row["torch_unavailable"] == {"torch foreach": "--no-torch", "torch fused": "--no-torch"}
     assert "n/a" in step_bench.table(results["configs"][0])
 
@@ -89,11 +119,16 @@ def test_compile_benchmark_writes_every_row(tmp_path):
     assert [(r["leaves"], r["optimizer"]) for r in saved["rows"]] == [
         (1, "sgd_nesterov"), (1, "adamw"), (3, "sgd_nesterov"), (3, "adamw")]
     for row in saved["rows"]:
-        for impl in ("optimjax", "optax"):
+        fused = row["optimizer"] in OPTIMJAX_FUSED
+        assert (FUSED in row) == fused and (row["fused_ratio"] is not None) == fused, row
+        for impl in ("optimjax", "optax") + ((FUSED,) if fused else ()):
             times = row[impl]
             assert all(_positive_finite(times[k]) for k in ("trace_s", "compile_s", "total_s")), row
             assert times["total_s"] == pytest.approx(times["trace_s"] + times["compile_s"])
         assert row["ratio"] == pytest.approx(row["optimjax"]["total_s"] / row["optax"]["total_s"])
+        if fused:
+            assert row["fused_ratio"] == pytest.approx(row[FUSED]["total_s"] / row["optax"]["total_s"])
+            assert row["fused_kernel"] == optimjax.fused.available()
 
 
 def test_bad_arguments_name_the_option():
@@ -107,14 +142,17 @@ def test_bad_arguments_name_the_option():
 
 @pytest.mark.parametrize("name", list(CONTENDERS))
 def test_benchmarked_steps_compare_like_with_like(name):
-    """The timed steps are the optimizer they claim to be: optimjax's, torch's (foreach and fused) and, where
-    optax has the same method (`optax_differs` empty), optax's end at the same parameters."""
+    """The timed steps are the optimizer they claim to be: optimjax's, optimjax.fused's, torch's (foreach and
+    fused) and, where optax has the same method (`optax_differs` empty), optax's end at the same parameters."""
     contender = CONTENDERS[name]
     params, grads = Config(3001, 3).arrays(seed=0), Config(3001, 3).arrays(seed=1)
     jax_grads = [jnp.asarray(g) for g in grads]
     runs = {"optimjax": step_bench.JaxStep(contender.optimjax(), params, jax_grads),
             "optax": step_bench.JaxStep(contender.optax(), params, jax_grads),
             "torch foreach": step_bench.TorchStep(torch, contender, params, grads, "foreach", "cpu")}
+    assert (contender.fused is not None) == (name in OPTIMJAX_FUSED)
+    if contender.fused is not None:
+        runs[FUSED] = step_bench.JaxStep(contender.fused(), params, jax_grads)
     if name in TORCH_FUSED:
         runs["torch fused"] = step_bench.TorchStep(torch, contender, params, grads, "fused", "cpu")
     for _ in range(5):
@@ -131,7 +169,7 @@ def test_benchmarked_steps_compare_like_with_like(name):
     # the largest displacement.
     close = {impl: bool(np.all(np.abs(x - reference) <= 1e-6 * np.abs(reference) + 1e-5 * scale))
              for impl, x in final.items()}
-    assert close["optimjax"] and close.get("torch fused", True), close
+    assert close["optimjax"] and close.get(FUSED, True) and close.get("torch fused", True), close
     assert close["optax"] != bool(contender.optax_differs), (
         f"{name}: optax {'agrees' if close['optax'] else 'disagrees'} with torch, but optax_differs says "
         f"{contender.optax_differs!r}")
