@@ -61,6 +61,7 @@ CONTENDERS: dict[str, Contender] = {
             lambda: optimjax.nesterov(1e-2, momentum=0.9),
             lambda: optax.sgd(1e-2, momentum=0.9, nesterov=True),
             "SGD", dict(lr=1e-2, momentum=0.9, nesterov=True),
+            fused=lambda: optimjax.fused.nesterov(1e-2, momentum=0.9),
         ),
         Contender(
             "adam", 2,
@@ -97,6 +98,7 @@ CONTENDERS: dict[str, Contender] = {
             lambda: optimjax.rmsprop(1e-2),
             lambda: optax.rmsprop(1e-2, decay=0.99, eps=1e-8, eps_in_sqrt=False),
             "RMSprop", dict(lr=1e-2),
+            fused=lambda: optimjax.fused.rmsprop(1e-2),
         ),
         Contender(
             "adagrad", 1,
@@ -104,6 +106,7 @@ CONTENDERS: dict[str, Contender] = {
             lambda: optax.adagrad(1e-2, initial_accumulator_value=0.0, eps=1e-10),
             "Adagrad", dict(lr=1e-2),
             "optax.adagrad puts eps inside the sqrt",
+            fused=lambda: optimjax.fused.adagrad(1e-2),
         ),
     ]
 }

@@ -28,7 +28,7 @@ FLOOR_BYTES = {"sgd_nesterov": 20, "adam": 28, "adamw": 28, "nadam": 28, "nadamw
 # torch 2.13 has a fused CPU kernel for these and not for the others.
 TORCH_FUSED = {"sgd_nesterov", "adam", "adamw", "adagrad"}
 # optimjax.fused has these.
-OPTIMJAX_FUSED = {"adam", "adamw", "nadam", "nadamw"}
+OPTIMJAX_FUSED = set(FLOOR_BYTES)  # every row has an optimjax.fused variant
 FUSED = "optimjax fused"
 
 
