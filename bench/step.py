@@ -358,7 +358,7 @@ def fused_note(results: dict[str, Any]) -> str:
     info = results["machine"].get("optimjax_fused", {})
     rows = [row for result in results["configs"] for row in result["rows"] if row.get("fused_kernel") is not None]
     if rows and all(row["fused_kernel"] for row in rows):
-        ran = "its C++ kernel ran (one custom call per step)"
+        ran = f"its C++ kernel ran (one custom call per {optimjax.fused.LEAVES_PER_CALL} leaves: `fused kernels/step`)"
     elif any(row["fused_kernel"] for row in rows):
         ran = "its C++ kernel ran in some rows only (see `fused_kernel` in step.json)"
     elif rows:
