@@ -32,6 +32,27 @@ def test_readme_composition_example_decays_matrices_only():
     assert float(updates["w"][0, 0]) < 0  # decayed towards zero
 
 
+def test_readme_fused_example_takes_the_plain_optimizers_step():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import optimjax
+
+    code = re.findall(r"```python\n(.*?)```", README, re.S)[2]
+    params = {"w": jnp.linspace(-1.0, 1.0, 1000, dtype=jnp.float32)}
+    grads = {"w": jnp.cos(params["w"])}
+    namespace = {"optimjax": optimjax, "params": params, "grads": grads}
+    exec(compile(code, "README.md", "exec"), namespace)
+    plain = optimjax.adamw(learning_rate=1e-3, weight_decay=1e-2)
+    updates, _ = jax.jit(plain.update)(grads, plain.init(params), params)
+    # AdamW's first step: lr * (sign(g) + wd * p), computed by the kernel and by XLA (a few ulp apart at most)
+    np.testing.assert_allclose(namespace["params"]["w"], optax.apply_updates(params, updates)["w"], atol=1e-6)
+    assert float(jnp.max(jnp.abs(namespace["params"]["w"] - params["w"]))) > 9e-4  # it moved by about lr
+    assert int(namespace["state"][0].count) == 1
+
+
 def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.*?)\n```", README, re.S)
     test_command = next(c for c in commands if "pytest" in c)
