@@ -47,6 +47,7 @@ import hashlib
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -116,7 +117,18 @@ def _build() -> Path:
     library = cache_dir() / f"fused_step-{digest}.so"
     if library.exists():
         return library
-    library.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        library.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: a private directory under the system's temporary directory
+        library = Path(tempfile.gettempdir()) / f"optimjax-{os.getuid()}" / library.name
+        library.parent.mkdir(mode=0o700, exist_ok=True)
+        owner = library.parent.stat()
+        if owner.st_uid != os.getuid() or owner.st_mode & 0o022:  # never load a library someone else could plant
+            raise RuntimeError(f"{library.parent} is not a private directory of this user")
+        if library.exists():
+            return library
+    print(f"optimjax.fused: compiling the CPU kernel into {library.parent} (once per machine, about 10 s)",
+          file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
         built = Path(tmp) / library.name
         command = [compiler, *CXXFLAGS, "-isystem", include, "-o", str(built), str(SOURCE)]
@@ -140,7 +152,7 @@ def unavailable_reason() -> str | None:
     try:
         library = ctypes.cdll.LoadLibrary(str(_build()))
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.OptimjaxFusedStep), platform="cpu")
-    except (OSError, RuntimeError, subprocess.TimeoutExpired) as error:
+    except Exception as error:  # noqa: BLE001 - the kernel is an optimization: any failure means the XLA path
         return f"the fused kernel could not be built or loaded: {error}"
     return None
 

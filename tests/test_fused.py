@@ -369,6 +369,13 @@ def test_falls_back_with_the_reason_when_the_kernel_cannot_be_built(tmp_path):
     assert "XLA path instead of the fused kernel" in result.stdout and "no C++ compiler" in result.stdout
 
 
+def test_an_unwritable_cache_directory_builds_in_a_private_temporary_one():
+    result = _run_python("import optimjax; print('REASON:', optimjax.fused.unavailable_reason())",
+                         OPTIMJAX_CACHE_DIR="/proc/optimjax-cannot-write-here")
+    assert result.returncode == 0, result.stderr
+    assert "REASON: None" in result.stdout
+
+
 def test_turned_off_by_the_environment(tmp_path):
     result = _run_python(FALLBACK_CHECK, OPTIMJAX_FUSED="0")
     assert result.returncode == 0, result.stderr
