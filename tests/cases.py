@@ -7,6 +7,7 @@ dampening, weight decay (coupled and decoupled), amsgrad, centering, momentum, N
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable
 
@@ -32,6 +33,18 @@ class Case:
 
     def torch(self, params, **override):
         return self.torch_cls(params, **{"foreach": False, **self.torch_kwargs, **override})
+
+
+@contextlib.contextmanager
+def float64():
+    """JAX with x64 and torch with float64 as its default dtype (torch keeps NAdam's mu_product in it)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with jax.enable_x64(True):
+            yield
+    finally:
+        torch.set_default_dtype(default)
 
 
 T = torch.optim
@@ -103,9 +116,17 @@ class Problem:
         }
 
     def run_optimjax(self, tx) -> list[dict]:
+        def step(grads, state, params):
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        return self.run_steps(tx.init, step)
+
+    def run_steps(self, init, step) -> list[dict]:
+        """The parameters after each step of `step(grads, state, params) -> (params, state)`, jitted."""
         params = jax.tree.map(jnp.asarray, self.params0)
-        state = tx.init(params)
-        step = jax.jit(lambda g, s, p: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))
+        state = init(params)
+        step = jax.jit(step)
         out = []
         for t in range(self.steps):
             grads = jax.tree.map(jnp.asarray, self.grad(jax.tree.map(np.asarray, params), t))

@@ -17,12 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 
 import optimjax as oj
 from optimjax.adam import adam_scalars
 from optimjax.nadam import nadam_scalars
-from cases import CASES, Problem
+from cases import CASES, Problem, float64
 
 # Every case of the table with a fused variant that runs the kernel (not AMSGrad, centered RMSprop or RMSprop
 # with momentum, Adadelta; plain SGD has no state and stays on XLA's single pass).
@@ -46,16 +45,9 @@ def uses_kernel(fused, grads, state, params) -> bool:
 
 def run_fused(problem: Problem, fused) -> list[dict]:
     params = jax.tree.map(jnp.asarray, problem.params0)
-    state = fused.init(params)
-    step = jax.jit(fused.step)
     grads = jax.tree.map(jnp.asarray, problem.grad(problem.params0, 0))
-    assert uses_kernel(fused, grads, state, params), "the fused kernel did not run: the test would be vacuous"
-    out = []
-    for t in range(problem.steps):
-        grads = jax.tree.map(jnp.asarray, problem.grad(jax.tree.map(np.asarray, params), t))
-        params, state = step(grads, state, params)
-        out.append(jax.tree.map(np.asarray, params))
-    return out
+    assert uses_kernel(fused, grads, fused.init(params), params), "the kernel did not run: the test would be vacuous"
+    return problem.run_steps(fused.init, fused.step)
 
 
 def test_kernel_builds_on_this_machine():
@@ -71,16 +63,11 @@ def test_float32_matches_torch(case):
 
 @pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: c.id)
 def test_float64_matches_torch(case):
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # torch keeps NAdam's mu_product in the default dtype
-    try:
-        with jax.enable_x64(True):
-            problem = Problem(seed=2, dtype=np.float64)
-            ours = run_fused(problem, fused_of(case))
-            assert ours[-1]["w"].dtype == np.float64
+    with float64():
+        problem = Problem(seed=2, dtype=np.float64)
+        ours = run_fused(problem, fused_of(case))
+        assert ours[-1]["w"].dtype == np.float64
         err = problem.relative_error(ours, problem.run_torch(case.torch))
-    finally:
-        torch.set_default_dtype(default)
     assert err < F64_TOL, f"fused {case.id}: {err:.2e} from torch in float64"
 
 

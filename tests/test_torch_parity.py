@@ -1,12 +1,10 @@
 """Every optimizer follows torch.optim's trajectory (single-tensor path) on a 60-step noisy problem."""
 
-import jax
 import numpy as np
 import optax
 import pytest
-import torch
 
-from cases import CASE_IDS, CASES, Problem
+from cases import CASE_IDS, CASES, Problem, float64
 
 F32_TOL = 1e-5
 F64_TOL = 1e-11
@@ -21,16 +19,11 @@ def test_float32_matches_torch(case):
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_float64_matches_torch(case):
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # torch keeps NAdam's mu_product in the default dtype
-    try:
-        with jax.enable_x64(True):
-            problem = Problem(seed=2, dtype=np.float64)
-            ours = problem.run_optimjax(case.optimjax())
-            assert ours[-1]["w"].dtype == np.float64
+    with float64():
+        problem = Problem(seed=2, dtype=np.float64)
+        ours = problem.run_optimjax(case.optimjax())
+        assert ours[-1]["w"].dtype == np.float64
         err = problem.relative_error(ours, problem.run_torch(case.torch))
-    finally:
-        torch.set_default_dtype(default)
     assert err < F64_TOL, f"{case.id}: {err:.2e} from torch in float64"
 
 
