@@ -1,5 +1,7 @@
 """optimjax optimizers inside Flax (nnx and linen) and optax's wrappers give the same numbers as a plain loop."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +40,32 @@ def test_flax_nnx_optimizer_matches_plain_loop():
     for _ in range(10):
         step(model, optimizer)
     np.testing.assert_allclose(model.kernel[...], expected["kernel"][...], rtol=1e-6)
+
+
+def test_fused_step_in_an_nnx_training_step_matches_nnx_optimizer():
+    """optimjax.fused inside a jitted, donating nnx training step: split the params, step, update the model."""
+    model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    reference = nnx.Linear(3, 1, rngs=nnx.Rngs(0))  # its own arrays: the training step donates the model's
+    kernel0 = jnp.array(model.kernel[...])
+    fused = oj.fused.adamw(1e-2, weight_decay=0.1)
+    graphdef, params = nnx.split(model, nnx.Param)
+    state = fused.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train_step(params, state):
+        grads = jax.grad(lambda p: jnp.mean((nnx.merge(graphdef, p)(X) - Y) ** 2))(params)
+        return fused.step(grads, state, params)
+
+    assert oj.fused.TARGET in train_step.lower(params, state).as_text()
+    for _ in range(10):
+        params, state = train_step(params, state)
+    nnx.update(model, params)
+
+    optimizer = nnx.Optimizer(reference, fused.optimizer, wrt=nnx.Param)
+    for _ in range(10):
+        optimizer.update(reference, nnx.grad(lambda m: jnp.mean((m(X) - Y) ** 2))(reference))
+    np.testing.assert_allclose(model.kernel[...], reference.kernel[...], rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(model.kernel[...] - kernel0))) > 0.05  # it trained
 
 
 def test_flax_linen_train_state_matches_plain_loop():
