@@ -28,6 +28,7 @@ How it times (see bench/README.md):
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import re
@@ -197,11 +198,12 @@ def measure(contender: Contender, config: Config, params: list[np.ndarray], grad
     theirs = JaxStep(contender.optax(), params, grads)
     jax_runs = {"optimjax": ours, "optax": theirs,
                 "optax A/A": JaxStep(contender.optax(), params, grads, compiled=theirs.compiled)}
-    fused = JaxStep(contender.fused(), params, grads) if contender.fused else None
+    fused_factory = contender.fused and functools.partial(contender.fused, **args.fused_options)
+    fused = JaxStep(fused_factory(), params, grads) if fused_factory else None
     if fused is not None:
         jax_runs[FUSED] = fused
     if args.in_loop > 1:
-        for impl, factory in (("optimjax", contender.optimjax), ("optax", contender.optax), (FUSED, contender.fused)):
+        for impl, factory in (("optimjax", contender.optimjax), ("optax", contender.optax), (FUSED, fused_factory)):
             if factory is not None:
                 jax_runs[f"{impl} in-loop"] = JaxStep(factory(), params, grads, steps_per_call=args.in_loop)
     torch_runs, unavailable = {}, {}
@@ -367,7 +369,8 @@ def fused_note(results: dict[str, Any]) -> str:
     else:
         ran = "no optimizer here has a fused variant"
     names = ", ".join(name for name, contender in CONTENDERS.items() if contender.fused is not None)
-    return (f"fused = optimjax.fused ({names}), torch fused = torch.optim's fused=True; "
+    flat = ", flat_state=True" if results.get("settings", {}).get("fused_flat_state") else ""
+    return (f"fused = optimjax.fused ({names}{flat}), torch fused = torch.optim's fused=True; "
             f"optimjax.fused available: {info.get('available')}; {ran}.")
 
 
@@ -406,7 +409,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def run(configs: str = DEFAULT_CONFIGS, optimizers: str = "all", steps: int = 20, rounds: int = 4, warmup: int = 3,
         stream_mib: int = 256, torch_threads: int | None = None, no_torch: bool = False, pause: float = 0.2,
-        in_loop: int = 0, out: Path | None = RESULTS) -> dict[str, Any]:
+        in_loop: int = 0, out: Path | None = RESULTS, fused_flat_state: bool = False) -> dict[str, Any]:
     """Run the benchmark, print one table per configuration, write `step.json` and `step.png` to `out`."""
     if steps < 1 or rounds < 1 or warmup < 0 or stream_mib < 1:
         raise ValueError(f"steps and rounds must be >= 1, warmup >= 0, stream_mib >= 1; got steps={steps}, "
@@ -416,13 +419,15 @@ def run(configs: str = DEFAULT_CONFIGS, optimizers: str = "all", steps: int = 20
     torch, device, skipped = (None, "", "--no-torch") if no_torch else load_torch(torch_threads or cores())
     args = argparse.Namespace(rounds=rounds, per_round=math.ceil(steps / rounds), warmup=warmup, pause=pause,
                               torch_skipped=skipped, in_loop=in_loop,
+                              fused_options={"flat_state": True} if fused_flat_state else {},
                               torch_stream=TorchStream(torch, stream_mib, device) if torch else None)
     results: dict[str, Any] = {
         "benchmark": "step",
         "machine": machine(torch),
         "settings": {"configs": configs, "optimizers": names, "timed_steps": args.per_round * rounds,
                      "rounds": rounds, "warmup": warmup, "stream_mib": stream_mib, "torch_device": device,
-                     "torch_skipped": skipped, "pause_s": pause, "in_loop_steps_per_call": in_loop},
+                     "torch_skipped": skipped, "pause_s": pause, "in_loop_steps_per_call": in_loop,
+                     "fused_flat_state": fused_flat_state},
         "configs": [],
     }
     progress = Progress(len(config_list) * len(names))
@@ -460,11 +465,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-torch", action="store_true", help="skip torch.optim")
     parser.add_argument("--in-loop", type=int, default=0, metavar="K",
                         help="also time K steps per call in a lax.fori_loop (step time without dispatch)")
+    parser.add_argument("--fused-flat-state", action="store_true",
+                        help="time optimjax.fused with flat_state=True (one state vector for all leaves)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where step.json, step.md and step.png go")
     a = parser.parse_args(argv)
     try:
         run(a.configs, a.optimizers, a.steps, a.rounds, a.warmup, a.stream_mib, a.torch_threads, a.no_torch,
-            in_loop=a.in_loop, out=a.out)
+            in_loop=a.in_loop, out=a.out, fused_flat_state=a.fused_flat_state)
     except ValueError as err:
         parser.error(str(err))
 

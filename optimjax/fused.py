@@ -28,6 +28,11 @@ The price of the pass: `step` takes and returns the parameters, so it is not a `
 not chain (no clipping before it, no `MultiSteps` around it): for those, use `opt.optimizer`, the plain optimjax
 optimizer with the same hyperparameters and the same state, which it can hand over to at any step.
 
+`flat_state=True` (every constructor) keeps each state array as one vector for all the leaves, the state of
+`optax.flatten(plain optimizer)` (which is then `opt.optimizer`): the same numbers, bit for bit, with far fewer
+arrays passed in and out of a jitted step, which is what dominates a step over hundreds of small leaves (AdamW
+at 16M parameters in 512 leaves: bench/README.md). All leaves must then share one dtype.
+
 When the kernel cannot run, `step` falls back to that optimizer (`update` + `apply_updates`, still one jitted
 program): on GPU and TPU (where XLA's own fusion already makes one pass), with more than one device (the kernel
 has no sharding rule), for leaves that are not all float32 or all float64, and when the kernel cannot be built.
@@ -179,24 +184,44 @@ def _why_not_fused(arrays: list[jax.Array]) -> str | None:
 LEAVES_PER_CALL = 32
 
 
-def _fused_update(coefs: list[Any], params: Any, grads: Any, states: list[Any], family: int, flags: int):
-    """The kernel over every leaf: new params and state arrays, each aliased to its input buffer."""
+def _fused_update(coefs: list[Any], params: Any, grads: Any, states: list[Any], family: int, flags: int,
+                  flat: bool):
+    """The kernel over every leaf: new params and state arrays, each aliased to its input buffer.
+
+    `flat`: each state array is one vector for all leaves (optax.flatten's layout), threaded through the calls.
+    """
     p, treedef = jax.tree.flatten(params)
-    per_leaf = list(zip(p, jax.tree.leaves(grads), *(jax.tree.leaves(s) for s in states)))
+    g = jax.tree.leaves(grads)
     dtype = p[0].dtype
     coefs = jnp.stack([jnp.asarray(c, dtype) for c in coefs])
+    call_kernel = functools.partial(_call_kernel, coefs, dtype, family=family, flags=flags)
+    if flat:
+        new_p, offset = [], 0
+        for start in range(0, len(p), LEAVES_PER_CALL):
+            leaves = list(zip(p[start : start + LEAVES_PER_CALL], g[start : start + LEAVES_PER_CALL]))
+            out = call_kernel([(s,) for s in states], leaves, written=(0,), flat_offset=offset)
+            states, new_p = out[: len(states)], new_p + out[len(states) :]
+            offset += sum(x.size for x, _ in leaves)
+        return [jax.tree.unflatten(treedef, new_p), *states]
+    per_leaf = list(zip(p, g, *(jax.tree.leaves(s) for s in states)))
     written = (0, *range(2, 2 + len(states)))  # p and the state arrays are written in place; g is only read
     out = []
     for start in range(0, len(per_leaf), LEAVES_PER_CALL):
-        operands, results, aliases = [coefs], [], {}
-        for arrays in per_leaf[start : start + LEAVES_PER_CALL]:
-            for k in written:
-                aliases[len(operands) + k] = len(results)
-                results.append(jax.ShapeDtypeStruct(arrays[k].shape, dtype))
-            operands.extend(arrays)
-        call = jax.ffi.ffi_call(TARGET, results, input_output_aliases=aliases, vmap_method="sequential")
-        out.extend(call(*operands, family=family, flags=flags))
+        out += call_kernel([], per_leaf[start : start + LEAVES_PER_CALL], written=written, flat_offset=-1)
     return [jax.tree.unflatten(treedef, out[k :: len(written)]) for k in range(len(written))]
+
+
+def _call_kernel(coefs, dtype, head: list[tuple], leaves: list[tuple], written: tuple[int, ...], **attributes):
+    """One custom call on `coefs`, the `head` groups of arrays, then each leaf's arrays; the outputs are the
+    arrays at positions `written` of every group, in order, each aliased to its input."""
+    operands, results, aliases = [coefs], [], {}
+    for arrays, outputs in [(a, range(len(a))) for a in head] + [(a, written) for a in leaves]:
+        for k in outputs:
+            aliases[len(operands) + k] = len(results)
+            results.append(jax.ShapeDtypeStruct(arrays[k].shape, dtype))
+        operands.extend(arrays)
+    call = jax.ffi.ffi_call(TARGET, results, input_output_aliases=aliases, vmap_method="sequential")
+    return list(call(*operands, **attributes))
 
 
 def _hyperparameter(value: Any, state: Any) -> tuple[Any, Any]:
@@ -219,11 +244,14 @@ class _Family(NamedTuple):
 
 
 def _fused(name: str, optimizer: optax.GradientTransformation, family: _Family | None, *, coupled: bool,
-           learning_rate: Any, weight_decay: Any) -> FusedOptimizer:
+           learning_rate: Any, weight_decay: Any, flat_state: bool) -> FusedOptimizer:
     """The fused step of `optimizer`: chain(decay, direction, lr) if `coupled`, else chain(direction, decay, lr).
 
     `family` None: a step without state (SGD without momentum), one pass already in XLA, which runs it.
+    `flat_state`: the state of `optax.flatten(optimizer)`, one vector per state array for all the leaves.
     """
+    if flat_state:
+        optimizer = optax.flatten(optimizer)
     decays = not is_zero(weight_decay)
     flags = family and 8 * family.flags[0] + 4 * family.flags[1] + 2 * (coupled and decays) + (decays and not coupled)
 
@@ -233,8 +261,15 @@ def _fused(name: str, optimizer: optax.GradientTransformation, family: _Family |
         else:
             decay_state, inner, lr_state = state if coupled else (state[1], state[0], state[2])
             arrays = [getattr(inner, field) for field in family.arrays]
-            check_tree(name, grads, arrays[0])
-            check_tree(name, params, arrays[0], "the state's params")
+            if flat_state:
+                check_tree(name, grads, params, "the params")
+                size = sum(jnp.size(p) for p in jax.tree.leaves(params))
+                if jnp.shape(arrays[0]) != (size,):
+                    raise ValueError(f"{name}: flat_state=True expects a state made by init() for params of {size} "
+                                     f"elements, got state arrays of shape {jnp.shape(arrays[0])}.")
+            else:
+                check_tree(name, grads, arrays[0])
+                check_tree(name, params, arrays[0], "the state's params")
             reason = _why_not_fused(jax.tree.leaves((params, grads, arrays)))
         if reason is not None:
             if reason:
@@ -248,7 +283,7 @@ def _fused(name: str, optimizer: optax.GradientTransformation, family: _Family |
         decay, decay_state = _hyperparameter(weight_decay, decay_state) if decays else (0.0, decay_state)
         lr, lr_state = _hyperparameter(learning_rate, lr_state)
         coefficients = [*coefficients, *[0.0] * (8 - len(coefficients)), decay, -lr]  # each cast as `like` does
-        params, *arrays = _fused_update(coefficients, params, grads, arrays, family.kernel, flags)
+        params, *arrays = _fused_update(coefficients, params, grads, arrays, family.kernel, flags, flat_state)
         inner = inner._replace(**fields, **dict(zip(family.arrays, arrays)))
         return params, ((decay_state, inner, lr_state) if coupled else (inner, decay_state, lr_state))
 
@@ -277,6 +312,7 @@ def adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    flat_state: bool = False,
 ) -> FusedOptimizer:
     """Fused `optimjax.adam` (Kingma & Ba, 2014; coupled L2 weight decay): its arithmetic, one pass on CPU.
 
@@ -284,7 +320,7 @@ def adam(
     """
     optimizer = _adam(learning_rate, b1, b2, eps, weight_decay=weight_decay)
     return _fused("adam", optimizer, _adam_family(b1, b2, eps), coupled=True, learning_rate=learning_rate,
-                  weight_decay=weight_decay)
+                  weight_decay=weight_decay, flat_state=flat_state)
 
 
 def adamw(
@@ -293,6 +329,7 @@ def adamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: optax.ScalarOrSchedule = 1e-2,
+    flat_state: bool = False,
 ) -> FusedOptimizer:
     """Fused `optimjax.adamw` (Loshchilov & Hutter, 2019; decoupled decay): its arithmetic, one pass on CPU.
 
@@ -310,7 +347,7 @@ def adamw(
     """
     optimizer = _adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay)
     return _fused("adamw", optimizer, _adam_family(b1, b2, eps), coupled=False, learning_rate=learning_rate,
-                  weight_decay=weight_decay)
+                  weight_decay=weight_decay, flat_state=flat_state)
 
 
 def nadam(
@@ -320,6 +357,7 @@ def nadam(
     eps: float = 1e-8,
     momentum_decay: float = 4e-3,
     weight_decay: float = 0.0,
+    flat_state: bool = False,
 ) -> FusedOptimizer:
     """Fused `optimjax.nadam` (Dozat, 2016, with the momentum schedule): its arithmetic, one pass on CPU.
 
@@ -327,7 +365,7 @@ def nadam(
     """
     optimizer = _nadam(learning_rate, b1, b2, eps, momentum_decay, weight_decay)
     return _fused("nadam", optimizer, _adam_family(b1, b2, eps, momentum_decay), coupled=True,
-                  learning_rate=learning_rate, weight_decay=weight_decay)
+                  learning_rate=learning_rate, weight_decay=weight_decay, flat_state=flat_state)
 
 
 def nadamw(
@@ -337,6 +375,7 @@ def nadamw(
     eps: float = 1e-8,
     momentum_decay: float = 4e-3,
     weight_decay: optax.ScalarOrSchedule = 1e-2,
+    flat_state: bool = False,
 ) -> FusedOptimizer:
     """Fused `optimjax.nadamw` (NAdam with decoupled decay): its arithmetic, one pass on CPU.
 
@@ -344,7 +383,7 @@ def nadamw(
     """
     optimizer = _nadamw(learning_rate, b1, b2, eps, momentum_decay, weight_decay)
     return _fused("nadamw", optimizer, _adam_family(b1, b2, eps, momentum_decay), coupled=False,
-                  learning_rate=learning_rate, weight_decay=weight_decay)
+                  learning_rate=learning_rate, weight_decay=weight_decay, flat_state=flat_state)
 
 
 def sgd(
@@ -353,6 +392,7 @@ def sgd(
     nesterov: bool = False,
     dampening: float = 0.0,
     weight_decay: float = 0.0,
+    flat_state: bool = False,
 ) -> FusedOptimizer:
     """Fused `optimjax.sgd` (heavy-ball or Nesterov momentum, dampening, coupled L2 decay): one pass on CPU.
 
@@ -368,21 +408,27 @@ def sgd(
             return [momentum, one_minus_dampening], {"count": optax.safe_increment(inner.count)}
 
         family = _Family(MOMENTUM, ("velocity",), coefficients, (nesterov, not is_zero(dampening)))
-    return _fused("sgd", optimizer, family, coupled=True, learning_rate=learning_rate, weight_decay=weight_decay)
+    return _fused("sgd", optimizer, family, coupled=True, learning_rate=learning_rate, weight_decay=weight_decay,
+                  flat_state=flat_state)
 
 
 def momentum(
-    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, dampening: float = 0.0, weight_decay: float = 0.0
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.9,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    flat_state: bool = False,
 ) -> FusedOptimizer:
     """Fused `optimjax.momentum` (heavy ball): one pass on CPU."""
-    return sgd(learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+    return sgd(learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+               flat_state=flat_state)
 
 
 def nesterov(
-    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0
+    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0, flat_state: bool = False
 ) -> FusedOptimizer:
     """Fused `optimjax.nesterov` (Sutskever et al.'s form of Nesterov momentum): one pass on CPU."""
-    return sgd(learning_rate, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    return sgd(learning_rate, momentum=momentum, nesterov=True, weight_decay=weight_decay, flat_state=flat_state)
 
 
 def rmsprop(
@@ -390,6 +436,7 @@ def rmsprop(
     decay: float = 0.99,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    flat_state: bool = False,
 ) -> FusedOptimizer:
     """Fused `optimjax.rmsprop` (Hinton's RMSprop, coupled L2 decay): one pass on CPU.
 
@@ -397,7 +444,8 @@ def rmsprop(
     """
     optimizer = _rmsprop(learning_rate, decay, eps, weight_decay=weight_decay)
     family = _Family(RMS, ("nu",), lambda inner: ([decay, 1 - decay, eps], {}))
-    return _fused("rmsprop", optimizer, family, coupled=True, learning_rate=learning_rate, weight_decay=weight_decay)
+    return _fused("rmsprop", optimizer, family, coupled=True, learning_rate=learning_rate,
+                  weight_decay=weight_decay, flat_state=flat_state)
 
 
 def adagrad(
@@ -406,6 +454,7 @@ def adagrad(
     weight_decay: float = 0.0,
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
+    flat_state: bool = False,
 ) -> FusedOptimizer:
     """Fused `optimjax.adagrad` (Duchi et al., 2011, with torch's lr_decay): one pass on CPU.
 
@@ -414,4 +463,5 @@ def adagrad(
     optimizer = _adagrad(learning_rate, lr_decay, weight_decay, initial_accumulator_value, eps)
     family = _Family(ADAGRAD, ("sum_of_squares",), lambda inner: ([0.0, 0.0, eps], {}))
     return _fused("adagrad", optimizer, family, coupled=True,
-                  learning_rate=decayed_learning_rate(learning_rate, lr_decay), weight_decay=weight_decay)
+                  learning_rate=decayed_learning_rate(learning_rate, lr_decay), weight_decay=weight_decay,
+                  flat_state=flat_state)

@@ -243,6 +243,51 @@ def test_hands_over_to_the_plain_optimizer_and_back():
     assert int(mixed[1][0].count) == int(plain[1][0].count) == 9
 
 
+@pytest.mark.parametrize("kind,kwargs", [
+    ("adamw", dict(weight_decay=optax.linear_schedule(0.1, 0.0, 20))), ("nadam", dict(weight_decay=0.05)),
+    ("sgd", dict(learning_rate=0.05, momentum=0.9, dampening=0.3)), ("rmsprop", {}),
+    ("adagrad", dict(lr_decay=0.1)),
+])
+def test_flat_state_is_the_per_leaf_step_bit_for_bit_with_optax_flattens_state(kind, kwargs):
+    """flat_state=True keeps one vector per state array for all leaves (optax.flatten's layout): the same kernel
+    arithmetic, so the same bits as per-leaf state, and the state of optax.flatten(plain optimizer)."""
+    per_leaf, flat = getattr(oj.fused, kind)(**kwargs), getattr(oj.fused, kind)(**kwargs, flat_state=True)
+    rng = np.random.default_rng(5)
+    params = {"w": jnp.asarray(rng.normal(size=(70, 40)), jnp.float32), "b": jnp.zeros(7, jnp.float32),
+              "many": [jnp.asarray(rng.normal(size=(3, 11)), jnp.float32) for _ in range(40)]}  # > 32 leaves
+    flat_plain = optax.flatten(per_leaf.optimizer)
+    assert jax.tree.structure(flat.init(params)) == jax.tree.structure(flat_plain.init(params))
+    runs = [[per_leaf, params, per_leaf.init(params)], [flat, params, flat.init(params)]]
+    assert uses_kernel(flat, params, runs[1][2], params)
+    for _ in range(8):
+        grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+        for run in runs:
+            run[1], run[2] = jax.jit(run[0].step)(grads, run[2], run[1])
+    for x, y in zip(jax.tree.leaves(runs[0][1]), jax.tree.leaves(runs[1][1])):
+        np.testing.assert_array_equal(x, y)
+    arrays = [x for x in jax.tree.leaves(runs[1][2]) if jnp.ndim(x) == 1 and x.size > 100]
+    assert arrays and all(x.shape == (sum(p.size for p in jax.tree.leaves(params)),) for x in arrays)
+
+
+def test_flat_state_falls_back_to_optax_flatten_of_the_plain_optimizer():
+    fused = oj.fused.adamw(1e-2, flat_state=True)
+    params = {"w": jnp.linspace(-1, 1, 64, dtype=jnp.bfloat16), "b": jnp.ones(3, jnp.bfloat16)}
+    grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5), params)
+    state = fused.init(params)
+    with pytest.warns(UserWarning, match="float32 or all float64"):
+        new_params, _ = jax.jit(fused.step)(grads, state, params)
+    want, _ = _xla_step(fused)(grads, state, params)  # fused.optimizer is optax.flatten(optimjax.adamw(...))
+    np.testing.assert_array_equal(np.asarray(new_params["w"], np.float32), np.asarray(want["w"], np.float32))
+
+
+def test_flat_state_of_other_params_is_refused():
+    fused = oj.fused.adam(flat_state=True)
+    state = fused.init({"a": jnp.zeros(5)})
+    params = {"a": jnp.zeros(6)}
+    with pytest.raises(ValueError, match=r"adam: flat_state=True .* 6 elements"):
+        fused.step(params, state, params)
+
+
 def test_awkward_trees_and_donated_buffers_updated_in_place():
     """Scalars, empty and odd-sized leaves across chunk boundaries, None leaves, nesting; with donation the
     step allocates nothing per parameter: every output aliases its input."""

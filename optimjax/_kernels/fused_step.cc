@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -41,7 +42,7 @@ namespace {
 enum Family : int { kAdam, kNadam, kMomentum, kRms, kAdagrad, kNumFamilies };
 constexpr int kNumFlagSets = 16;  // four flags: two of the family's, coupled decay, decoupled decay
 // Coefficients: eight of the family's (below), then the weight decay and -learning_rate.
-//   adam, nadam: w1, b2, 1 - b2, a, b, c, eps     momentum: beta, 1 - dampening     rmsprop, adagrad: decay, 1 - decay, eps
+//   adam, nadam: w1, b2, 1 - b2, a, b, c, eps;  momentum: beta, 1 - dampening;  rmsprop, adagrad: decay, 1 - decay, eps
 constexpr int kNumCoefs = 10, kWd = 8, kNegLr = 9;
 
 template <typename T>
@@ -141,30 +142,68 @@ struct Work {
 
 template <typename T>
 ffi::Error Step(ffi::ThreadPool& pool, ffi::AnyBuffer coefs, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                int64_t family, int64_t flags) {
+                int64_t family, int64_t flags, int64_t flat_offset) {
   const size_t states = family == kAdam || family == kNadam ? 2 : 1;
-  const size_t in = 2 + states, out = 1 + states, n = args.size() / in;
-  if (args.size() != n * in || rets.size() != n * out) {
-    return ffi::Error::InvalidArgument("optimjax fused step: expected (p, g, *state) per leaf");
-  }
   auto work = std::make_shared<Work<T>>();
   std::copy_n(coefs.typed_data<T>(), kNumCoefs, work->coefs.begin());
   work->fn = Select<T>(family, flags);
-  work->leaves.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    // The outputs alias the inputs p and state (input_output_aliases); XLA copies first if one is not donated.
-    T* data[4] = {};
-    for (size_t k = 0; k < out; ++k) {
-      auto result = rets.get<ffi::AnyBuffer>(out * i + k);
-      if (!result.has_value()) return ffi::Error::InvalidArgument("optimjax fused step: bad result buffer");
-      data[k] = (*result)->typed_data<T>();
-    }
-    auto p = args.get<ffi::AnyBuffer>(in * i), g = args.get<ffi::AnyBuffer>(in * i + 1);
-    if (!p.has_value() || !g.has_value()) return ffi::Error::InvalidArgument("optimjax fused step: bad argument");
-    const int64_t size = p->element_count();
-    work->leaves.push_back({data[0], g->typed_data<T>(), data[1], data[2]});
+  auto add_chunks = [&](int64_t leaf, int64_t size) {
     for (int64_t begin = 0; begin < size; begin += kChunk) {
-      work->chunks.push_back({int64_t(i), begin, std::min(size, begin + kChunk)});
+      work->chunks.push_back({leaf, begin, std::min(size, begin + kChunk)});
+    }
+  };
+  auto buffer = [&](auto&& decoded, T** out) -> bool {  // the data of a decoded argument or result
+    if (!decoded.has_value()) return false;
+    if constexpr (std::is_same_v<std::decay_t<decltype(*decoded)>, ffi::AnyBuffer>) {
+      *out = reinterpret_cast<T*>(decoded->untyped_data());
+    } else {
+      *out = reinterpret_cast<T*>((*decoded)->untyped_data());
+    }
+    return true;
+  };
+  if (flat_offset < 0) {
+    // Per-leaf state: (p, g, *state) per leaf in, (p, *state) per leaf out; outputs alias the inputs p and state
+    // (input_output_aliases), so XLA copies first only if one of them is not donated.
+    const size_t in = 2 + states, out = 1 + states, n = args.size() / in;
+    if (args.size() != n * in || rets.size() != n * out) {
+      return ffi::Error::InvalidArgument("optimjax fused step: expected (p, g, *state) per leaf");
+    }
+    for (size_t i = 0; i < n; ++i) {
+      T* data[4] = {};
+      for (size_t k = 0; k < out; ++k) {
+        if (!buffer(rets.get<ffi::AnyBuffer>(out * i + k), &data[k])) return ffi::Error::InvalidArgument("bad result");
+      }
+      auto g = args.get<ffi::AnyBuffer>(in * i + 1);
+      if (!buffer(g, &data[3])) return ffi::Error::InvalidArgument("optimjax fused step: bad argument");
+      work->leaves.push_back({data[0], data[3], data[1], data[2]});
+      add_chunks(i, g->element_count());
+    }
+  } else {
+    // Flat state (one vector per state array for all leaves, optax.flatten's layout): (*state) then (p, g) per
+    // leaf in, (*state) then p per leaf out; this call's leaves start at element `flat_offset` of the state.
+    const size_t n = (args.size() - states) / 2;
+    if (args.size() != states + 2 * n || rets.size() != states + n) {
+      return ffi::Error::InvalidArgument("optimjax fused step: expected (*flat state, (p, g) per leaf)");
+    }
+    T* state[2] = {};
+    int64_t state_size = 0;
+    for (size_t k = 0; k < states; ++k) {
+      auto result = rets.get<ffi::AnyBuffer>(k);
+      if (!buffer(result, &state[k])) return ffi::Error::InvalidArgument("optimjax fused step: bad result");
+      state_size = (*result)->element_count();
+    }
+    int64_t offset = flat_offset;
+    for (size_t i = 0; i < n; ++i) {
+      T *p = nullptr, *g = nullptr;
+      auto g_arg = args.get<ffi::AnyBuffer>(states + 2 * i + 1);
+      if (!buffer(rets.get<ffi::AnyBuffer>(states + i), &p) || !buffer(g_arg, &g)) {
+        return ffi::Error::InvalidArgument("optimjax fused step: bad argument");
+      }
+      const int64_t size = g_arg->element_count();
+      if (offset + size > state_size) return ffi::Error::InvalidArgument("optimjax fused step: state too small");
+      work->leaves.push_back({p, g, state[0] + offset, states > 1 ? state[1] + offset : nullptr});
+      add_chunks(i, size);
+      offset += size;
     }
   }
   const int64_t total = work->chunks.size();
@@ -180,7 +219,7 @@ ffi::Error Step(ffi::ThreadPool& pool, ffi::AnyBuffer coefs, ffi::RemainingArgs 
 }
 
 ffi::Error Dispatch(ffi::ThreadPool pool, ffi::AnyBuffer coefs, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                    int64_t family, int64_t flags) {
+                    int64_t family, int64_t flags, int64_t flat_offset) {
   if (family < 0 || family >= kNumFamilies || flags < 0 || flags >= kNumFlagSets) {
     return ffi::Error::InvalidArgument("optimjax fused step: unknown family or flags");
   }
@@ -189,9 +228,9 @@ ffi::Error Dispatch(ffi::ThreadPool pool, ffi::AnyBuffer coefs, ffi::RemainingAr
   }
   switch (coefs.element_type()) {
     case ffi::DataType::F32:
-      return Step<float>(pool, coefs, args, rets, family, flags);
+      return Step<float>(pool, coefs, args, rets, family, flags, flat_offset);
     case ffi::DataType::F64:
-      return Step<double>(pool, coefs, args, rets, family, flags);
+      return Step<double>(pool, coefs, args, rets, family, flags, flat_offset);
     default:
       return ffi::Error::InvalidArgument("optimjax fused step: float32 or float64 only");
   }
@@ -206,4 +245,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OptimjaxFusedStep, Dispatch,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("family")
-                                  .Attr<int64_t>("flags"));
+                                  .Attr<int64_t>("flags")
+                                  .Attr<int64_t>("flat_offset"));
