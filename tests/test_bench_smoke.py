@@ -173,3 +173,12 @@ def test_benchmarked_steps_compare_like_with_like(name):
     assert close["optax"] != bool(contender.optax_differs), (
         f"{name}: optax {'agrees' if close['optax'] else 'disagrees'} with torch, but optax_differs says "
         f"{contender.optax_differs!r}")
+
+
+def test_step_benchmark_times_fused_flat_state():
+    results = step_bench.run(configs="3001/3", optimizers="adamw", steps=1, rounds=1, warmup=0, stream_mib=1,
+                             no_torch=True, pause=0.0, out=None, fused_flat_state=True)
+    assert results["settings"]["fused_flat_state"] is True
+    (row,) = results["configs"][0]["rows"]
+    assert _positive_finite(row["ms"]["optimjax fused"])
+    assert "flat_state=True" in step_bench.fused_note(results)
