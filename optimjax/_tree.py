@@ -2,11 +2,34 @@
 
 The formulas follow torch.optim's single-tensor code path operation by operation (torch's `lerp` rounding, bias
 corrections computed once per step as scalars), so that the trajectories agree to float rounding.
+
+The dtype policy, the same for every optimizer:
+
+- Leaves are floating-point (float16, bfloat16, float32, float64, ...) or complex. Python numbers (int or float)
+  are taken as arrays of JAX's default float dtype (float32; float64 under `jax_enable_x64`), Python complex
+  numbers as the default complex dtype, as optax takes them. Integer and bool leaves raise TypeError naming the
+  leaf's path, at `init` and at `update` (there is no meaningful step for them; leave them out with
+  `optax.masked` or `optax.partition`).
+- State dtype is fixed at `init`: each state leaf has its parameter's dtype, or `mu_dtype` / `nu_dtype` where an
+  optimizer has them (for a complex parameter, the complex dtype of that precision). `update` never changes it,
+  whatever dtype the gradients have, so a jitted step does not recompile and `lax.scan` over steps works.
+- Arithmetic runs per leaf in the promotion of the dtypes of the arrays the step reads (gradient, state, and the
+  parameter where the formula uses it): float32 parameters with bfloat16 gradients compute and keep their
+  moments in float32, as optax does; bfloat16 moments (`mu_dtype`) of float32 parameters are computed in float32
+  and rounded when stored. Hyperparameters and per-step scalars are cast to that dtype and never promote it.
+- Updates come out in the gradients' dtype (each transform returns the dtype it received), so an update tree
+  costs the memory of the gradient tree; `optax.apply_updates` casts them to the parameters' dtype.
+- Complex parameters follow torch.optim, which runs its step on `torch.view_as_real` of the parameter, the
+  gradient and every state tensor: the real and imaginary parts are two independent real parameters. So the
+  state of a complex parameter is complex, shaped like it, and e.g. Adam's v holds the EMA of re(g)**2 in its
+  real part and of im(g)**2 in its imaginary part (`elementwise` does this for every family).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -46,14 +69,96 @@ def placed_like(x: jax.Array, p: Any) -> jax.Array:
     return shard_alike(x, p)[0] if isinstance(p, jax.core.Tracer) else x
 
 
+def complex_dtype() -> jnp.dtype:
+    """JAX's default complex dtype: complex128 when `jax_enable_x64` is on, else complex64."""
+    return jax.dtypes.canonicalize_dtype(jnp.complex128)
+
+
+def _leaf_as_array(x: Any) -> Any:
+    """A Python number as an array of the default float (complex) dtype; None for a leaf that is not a floating
+    or complex number or array; anything else as is."""
+    if isinstance(x, jax.Array | np.ndarray | np.generic):
+        return x if jnp.issubdtype(x.dtype, jnp.inexact) else None
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int | float):
+        return jnp.asarray(x, scalar_dtype())
+    if isinstance(x, complex):
+        return jnp.asarray(x, complex_dtype())
+    dtype = getattr(x, "dtype", None)  # a tracer or another array type
+    return x if dtype is not None and jnp.issubdtype(dtype, jnp.inexact) else None
+
+
+def float_leaves(where: str, tree: Any, what: str = "gradient", phase: str = "update()") -> Any:
+    """`tree` with its Python-number leaves as arrays (see the module docstring); TypeError naming the leaf's path
+    for an integer, bool or non-numeric leaf. Runs at trace time: it reads dtypes, never values."""
+    leaves, treedef = jax.tree.flatten(tree)
+    arrays = [_leaf_as_array(x) for x in leaves]
+    if all(a is not None for a in arrays):
+        return tree if all(a is x for a, x in zip(arrays, leaves)) else jax.tree.unflatten(treedef, arrays)
+    for (path, x), a in zip(jax.tree_util.tree_leaves_with_path(tree), arrays):
+        if a is None:
+            kind = str(x.dtype) if hasattr(x, "dtype") else type(x).__name__
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise TypeError(
+                f"{where}: {phase} got {article} {kind} {what} {x!r:.60} at {jax.tree_util.keystr(path) or 'the root'}; "
+                "optimjax's optimizers take floating-point or complex leaves (Python numbers included): cast it "
+                "(x.astype(jnp.float32)) or keep it out of the optimizer (optax.masked, optax.partition)."
+            )
+    raise AssertionError("unreachable")
+
+
+def state_dtype(leaf: Any, dtype: Any = None) -> jnp.dtype:
+    """The dtype of a state leaf for parameter `leaf`: its own dtype, or `dtype` (mu_dtype / nu_dtype) made
+    complex of the same precision for a complex parameter (float32 -> complex64, float64 -> complex128)."""
+    if dtype is None:
+        return jnp.dtype(leaf.dtype)
+    dtype = jax.dtypes.canonicalize_dtype(dtype)
+    if not jnp.iscomplexobj(leaf) or jnp.issubdtype(dtype, jnp.complexfloating):
+        return dtype
+    if dtype == jnp.float32 or dtype == jnp.float64:
+        return jax.dtypes.canonicalize_dtype(jnp.complex64 if dtype == jnp.float32 else jnp.complex128)
+    raise TypeError(f"a complex parameter ({leaf.dtype}) cannot keep its state in {dtype}: there is no complex "
+                    f"{dtype}; use mu_dtype / nu_dtype float32, float64 or None for complex parameters")
+
+
 def zeros_like(params: Any, dtype: Any = None) -> Any:
-    """Zeros shaped and sharded like `params`, in `dtype` or, when None, in each leaf's own dtype."""
-    return jax.tree.map(lambda p: placed_like(jnp.zeros_like(p, dtype=dtype), p), params)
+    """Zeros shaped and sharded like `params`, in `dtype` or, when None, in each leaf's own dtype (`state_dtype`)."""
+    return jax.tree.map(lambda p: placed_like(jnp.zeros_like(p, dtype=state_dtype(p, dtype)), p), params)
 
 
 def full_like(params: Any, value: Any) -> Any:
-    """`value` broadcast to every leaf of `params`, in the leaf's dtype and sharding."""
-    return jax.tree.map(lambda p: placed_like(jnp.full_like(p, value), p), params)
+    """`value` broadcast to every leaf of `params`, in the leaf's dtype and sharding; value + value * 1j for a
+    complex leaf (its real and imaginary parts are two parameters, as in torch's Adagrad)."""
+
+    def full(p):
+        fill = jax.lax.complex(*[jnp.asarray(value, jnp.real(p).dtype)] * 2) if jnp.iscomplexobj(p) else value
+        return placed_like(jnp.full_like(p, fill, dtype=p.dtype), p)
+
+    return jax.tree.map(full, params)
+
+
+def elementwise(fn: Callable[..., Any], *leaves: jax.Array) -> Any:
+    """`fn(*leaves)` for an elementwise `fn`, in the promotion of the leaves' dtypes, with complex leaves split
+    into their real and imaginary parts, each run through `fn` as its own parameter (torch.optim's
+    `view_as_real`); the results are put back together as complex arrays. `fn` may return a tuple of arrays."""
+    dtype = functools.reduce(jnp.promote_types, [x.dtype for x in leaves])
+    leaves = [x if x.dtype == dtype else x.astype(dtype) for x in leaves]
+    if not jnp.issubdtype(dtype, jnp.complexfloating):
+        return fn(*leaves)
+    real, imag = fn(*map(jnp.real, leaves)), fn(*map(jnp.imag, leaves))
+    return jax.tree.map(jax.lax.complex, real, imag)
+
+
+def leafwise(fn: Callable[..., Any], *trees: Any) -> Any:
+    """`elementwise(fn, ...)` on each leaf of `trees` (which share the first tree's structure)."""
+    return jax.tree.map(lambda *leaves: elementwise(fn, *leaves), *trees)
+
+
+def cast_like(tree: Any, reference: Any) -> Any:
+    """Each leaf of `tree` in the dtype of the same leaf of `reference` (state back to its init dtype, updates
+    back to the gradients' dtype)."""
+    return jax.tree.map(lambda x, r: x if x.dtype == r.dtype else x.astype(r.dtype), tree, reference)
 
 
 def lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
@@ -80,10 +185,10 @@ def ema_of_square(avg: jax.Array, g: jax.Array, decay: Any) -> jax.Array:
 
 
 def moments(updates: Any, mu: Any, nu: Any, b1: Any, b2: Any) -> tuple[Any, Any]:
-    """Adam's two moment updates, in the gradients' dtype (whatever dtype the state is stored in):
-    m <- lerp(m, g, 1 - b1) and v <- b2 * v + (1 - b2) * g**2."""
-    mu = jax.tree.map(lambda g, m: lerp(m.astype(g.dtype), g, 1 - b1), updates, mu)
-    nu = jax.tree.map(lambda g, v: ema_of_square(v.astype(g.dtype), g, b2), updates, nu)
+    """Adam's two moment updates, m <- lerp(m, g, 1 - b1) and v <- b2 * v + (1 - b2) * g**2, each leaf in the
+    promotion of the gradient's and the state's dtype (cast them back with `cast_like` to store them)."""
+    mu = leafwise(lambda g, m: lerp(m, g, 1 - b1), updates, mu)
+    nu = leafwise(lambda g, v: ema_of_square(v, g, b2), updates, nu)
     return mu, nu
 
 

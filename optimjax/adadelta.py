@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range
-from optimjax._tree import check_tree, ema_of_square, like, zeros_like
+from optimjax._tree import cast_like, check_tree, ema_of_square, float_leaves, leafwise, like, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -37,23 +36,32 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
     (lr = 1 in the paper and in torch's default).
 
     Same as torch.optim.Adadelta and, up to rounding, `optax.scale_by_adadelta`.
+
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
+    dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
+    gradient's and the state's dtypes, updates in the gradients' dtype.
     """
     check_beta("scale_by_adadelta", "rho", rho)
     check_range("scale_by_adadelta", "eps", eps)
 
     def init_fn(params):
+        params = float_leaves("scale_by_adadelta", params, "parameter", "init()")
         return ScaleByAdadeltaState(grad_sq_avg=zeros_like(params), delta_sq_avg=zeros_like(params))
 
     def update_fn(updates, state, params=None):
         del params
+        updates = float_leaves("scale_by_adadelta", updates)
         check_tree("scale_by_adadelta", updates, state.grad_sq_avg)
-        grad_sq_avg = jax.tree.map(lambda g, a: ema_of_square(a, g, rho), updates, state.grad_sq_avg)
-        updates = jax.tree.map(
+        grad_sq_avg = leafwise(lambda g, a: ema_of_square(a, g, rho), updates, state.grad_sq_avg)
+        directions = leafwise(
             lambda g, a, d: jnp.sqrt(d + like(eps, d)) / jnp.sqrt(a + like(eps, a)) * g,
             updates, grad_sq_avg, state.delta_sq_avg,
         )
-        delta_sq_avg = jax.tree.map(lambda u, d: ema_of_square(d, u, rho), updates, state.delta_sq_avg)
-        return updates, ScaleByAdadeltaState(grad_sq_avg=grad_sq_avg, delta_sq_avg=delta_sq_avg)
+        delta_sq_avg = leafwise(lambda u, d: ema_of_square(d, u, rho), directions, state.delta_sq_avg)
+        state = ScaleByAdadeltaState(
+            cast_like(grad_sq_avg, state.grad_sq_avg), cast_like(delta_sq_avg, state.delta_sq_avg)
+        )
+        return cast_like(directions, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -69,6 +77,7 @@ def adadelta(
         g_t <- g_t + weight_decay * theta_{t-1},   theta_t = theta_{t-1} - lr_t * d_t,   d_t from `scale_by_adadelta`
 
     Same trajectory as `torch.optim.Adadelta(lr, rho, eps, weight_decay)` and `optax.adadelta`.
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
     """
     check_learning_rate("adadelta", learning_rate)
     check_range("adadelta", "weight_decay", weight_decay)

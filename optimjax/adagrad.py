@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_learning_rate, check_range, is_zero
-from optimjax._tree import check_tree, full_like, like
+from optimjax._tree import cast_like, check_tree, float_leaves, full_like, leafwise, like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -32,19 +31,26 @@ def scale_by_adagrad(eps: float = 1e-10, initial_accumulator_value: float = 0.0)
 
     Same as torch.optim.Adagrad (s_0 = 0 and eps = 1e-10 outside the sqrt by default). `optax.adagrad` puts
     eps inside the sqrt and starts at s_0 = 0.1 by default, which differs.
+
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
+    dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
+    gradient's and the state's dtypes, updates in the gradients' dtype.
+    As in torch, a complex parameter's s_0 is initial_accumulator_value * (1 + 1j).
     """
     check_range("scale_by_adagrad", "eps", eps)
     check_range("scale_by_adagrad", "initial_accumulator_value", initial_accumulator_value)
 
     def init_fn(params):
+        params = float_leaves("scale_by_adagrad", params, "parameter", "init()")
         return ScaleByAdagradState(sum_of_squares=full_like(params, initial_accumulator_value))
 
     def update_fn(updates, state, params=None):
         del params
+        updates = float_leaves("scale_by_adagrad", updates)
         check_tree("scale_by_adagrad", updates, state.sum_of_squares)
-        sum_of_squares = jax.tree.map(lambda g, s: s + g * g, updates, state.sum_of_squares)
-        updates = jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + like(eps, s)), updates, sum_of_squares)
-        return updates, ScaleByAdagradState(sum_of_squares=sum_of_squares)
+        sum_of_squares = leafwise(lambda g, s: s + g * g, updates, state.sum_of_squares)
+        directions = leafwise(lambda g, s: g / (jnp.sqrt(s) + like(eps, s)), updates, sum_of_squares)
+        return cast_like(directions, updates), ScaleByAdagradState(cast_like(sum_of_squares, state.sum_of_squares))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -62,6 +68,7 @@ def adagrad(
         theta_t = theta_{t-1} - lr_t / (1 + (t - 1) * lr_decay) * d_t,   d_t from `scale_by_adagrad`, t = 1, 2, ...
 
     Same trajectory as `torch.optim.Adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps)`.
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
     """
     check_learning_rate("adagrad", learning_rate)
     check_range("adagrad", "lr_decay", lr_decay)

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
-from optimjax._tree import bias_correction, check_tree, like, moments, next_count, zeros_like
+from optimjax._tree import bias_correction, cast_like, check_tree, float_leaves, leafwise, like, moments, next_count
+from optimjax._tree import zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -60,6 +61,11 @@ def scale_by_adam(
 
     The bias corrections are per-step scalars, 1 - b**t = -expm1(t log b), accurate for b close to 1.
 
+    Complex parameters, as in torch: the real and imaginary parts are separate parameters, so m, v and vmax are
+    complex and v's real (imaginary) part is the EMA of re(g)**2 (im(g)**2); the max is taken per part. dtypes
+    follow the policy of `optimjax._tree`: state in the params' dtype (or mu_dtype / nu_dtype) whatever the
+    gradients' dtype, arithmetic in the promotion of gradient and state dtypes, updates in the gradients' dtype.
+
     Args:
       b1: decay rate of the first moment m, in [0, 1).
       b2: decay rate of the second moment v, in [0, 1).
@@ -68,7 +74,7 @@ def scale_by_adam(
       amsgrad: keep the running maximum of v.
       mu_dtype: dtype to store m in (e.g. jnp.bfloat16); None keeps each param's dtype.
       nu_dtype: dtype to store v in; None keeps each param's dtype. The update itself is computed in the
-        gradients' dtype.
+        promotion of the gradient's and the state's dtypes and returned in the gradients' dtype.
     """
     where = "scale_by_adam"
     check_beta(where, "b1", b1)
@@ -77,6 +83,7 @@ def scale_by_adam(
     check_range(where, "eps_root", eps_root)
 
     def init_fn(params):
+        params = float_leaves(where, params, "parameter", "init()")
         nu = zeros_like(params, nu_dtype)
         return ScaleByAdamState(
             count=jnp.zeros([], jnp.int32),
@@ -87,11 +94,12 @@ def scale_by_adam(
 
     def update_fn(updates, state, params=None):
         del params
+        updates = float_leaves(where, updates)
         check_tree(where, updates, state.mu)
         count, t = next_count(state.count)
         inv_bc1, bc2, bc2_sqrt = adam_scalars(b1, b2, t)
         mu, nu = moments(updates, state.mu, state.nu, b1, b2)
-        nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
+        nu_max = leafwise(jnp.maximum, state.nu_max, nu) if amsgrad else None
         nu_hat = nu_max if amsgrad else nu
 
         def direction(m, v):
@@ -99,14 +107,14 @@ def scale_by_adam(
                 v = v + like(eps_root * bc2, v)
             return like(inv_bc1, m) * m / (jnp.sqrt(v) / like(bc2_sqrt, v) + like(eps, v))
 
-        updates = jax.tree.map(direction, mu, nu_hat)
+        directions = leafwise(direction, mu, nu_hat)
         state = ScaleByAdamState(
             count=count,
-            mu=optax.tree.cast(mu, mu_dtype),
-            nu=optax.tree.cast(nu, nu_dtype),
-            nu_max=optax.tree.cast(nu_max, nu_dtype),
+            mu=cast_like(mu, state.mu),
+            nu=cast_like(nu, state.nu),
+            nu_max=cast_like(nu_max, state.nu_max),
         )
-        return updates, state
+        return cast_like(directions, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -129,6 +137,7 @@ def adam(
 
     Same trajectory as `torch.optim.Adam(lr, betas=(b1, b2), eps, weight_decay, amsgrad)`; with the defaults, the
     same as `optax.adam` too. For decoupled decay use `adamw`.
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
     """
     check_learning_rate("adam", learning_rate)
     check_range("adam", "weight_decay", weight_decay)
@@ -155,6 +164,7 @@ def amsgrad(
 
     Same trajectory as `torch.optim.Adam(..., amsgrad=True)`; differs from `optax.amsgrad`, which takes the max
     of the bias-corrected v.
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
     """
     return adam(learning_rate, b1, b2, eps, 0.0, weight_decay, True, mu_dtype, nu_dtype)
 
@@ -180,6 +190,7 @@ def adamw(
     Same trajectory as `torch.optim.AdamW(lr, betas, eps, weight_decay, amsgrad)` (torch multiplies theta by
     (1 - lr * weight_decay) first: equal in exact arithmetic) and as `optax.adamw`. The default weight_decay is
     torch's 1e-2 (optax's is 1e-4). `mask` selects the leaves that decay (see `add_decayed_weights`).
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
 
     Examples:
       Adam's first direction is m_1 / sqrt(v_1) = sign(g); the decay adds weight_decay * theta, and both are

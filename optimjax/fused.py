@@ -173,6 +173,11 @@ def _why_not_fused(arrays: list[jax.Array]) -> str | None:
         return ""  # XLA's GPU/TPU backends fuse the step into one pass themselves
     if jax.device_count() > 1:
         return "more than one device: the fused kernel has no sharding rule, the XLA path keeps the sharding"
+    if not all(hasattr(x, "dtype") for x in arrays):
+        return "Python-number leaves: the kernel takes arrays (the XLA path takes them as arrays)"
+    if any(jnp.iscomplexobj(x) for x in arrays):
+        return ("complex leaves: the kernel takes real float32/float64 arrays (the XLA path steps the real and "
+                "imaginary parts as separate parameters, as torch does)")
     dtypes = {jnp.dtype(x.dtype) for x in arrays}
     if len(dtypes) > 1 or not dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)}:
         return f"the kernel takes params, grads and state all float32 or all float64, got {sorted(map(str, dtypes))}"

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_learning_rate
-from optimjax._tree import like
+from optimjax._tree import float_leaves, leafwise, like
 
 
 class ScaleByLearningRateState(NamedTuple):
@@ -26,21 +26,29 @@ def scale_by_learning_rate(learning_rate: optax.ScalarOrSchedule) -> optax.Gradi
     `learning_rate` is a non-negative number or an optax schedule `lr_t = schedule(t)`, t = 0, 1, ... (the same
     `t` torch's `LRScheduler` would have stepped to). A constant needs no state; a schedule keeps a step count.
     Unlike `optax.scale_by_learning_rate`, the scale is cast to each leaf's dtype, so bf16 updates stay bf16
-    when the learning rate is an injected float32 hyperparameter.
+    when the learning rate is an injected float32 hyperparameter. Complex updates: the real and imaginary parts
+    are scaled as separate parameters, as in torch. Python-number leaves become arrays; integer and bool leaves
+    raise TypeError naming their path, at `init` and `update` (every optimjax optimizer ends with this transform).
     """
     check_learning_rate("scale_by_learning_rate", learning_rate)
 
+    where = "scale_by_learning_rate"
+
     def scaled(updates, lr):
-        return jax.tree.map(lambda u: like(-lr, u) * u, updates)
+        return leafwise(lambda u: like(-lr, u) * u, float_leaves(where, updates))
 
     if not callable(learning_rate):
+
+        def init_constant(params):
+            float_leaves(where, params, "parameter", "init()")
+            return optax.EmptyState()
+
         return optax.GradientTransformation(
-            lambda params: optax.EmptyState(),
-            lambda updates, state, params=None: (scaled(updates, learning_rate), state),
+            init_constant, lambda updates, state, params=None: (scaled(updates, learning_rate), state)
         )
 
     def init_fn(params):
-        del params
+        float_leaves(where, params, "parameter", "init()")
         return ScaleByLearningRateState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None):

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range
-from optimjax._tree import bias_correction, check_tree, like, moments, next_count, power, scalar_dtype
-from optimjax._tree import zeros_like
+from optimjax._tree import bias_correction, cast_like, check_tree, float_leaves, leafwise, like, moments, next_count
+from optimjax._tree import power, scalar_dtype, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -87,6 +87,11 @@ def scale_by_nadam(
     P_t is a scalar in the state, accumulated in float32 (float64 with jax_enable_x64), like torch's
     `mu_product` tensor.
 
+    Complex parameters, as in torch: the real and imaginary parts are separate parameters (m and v stay
+    complex; v's real part is the EMA of re(g)**2, its imaginary part that of im(g)**2). dtypes follow
+    `optimjax._tree`'s policy (state dtype fixed at init, arithmetic in the promotion of gradient and state
+    dtypes, updates in the gradients' dtype).
+
     Args:
       b1: decay rate of the first moment m, in [0, 1).
       b2: decay rate of the second moment v, in [0, 1).
@@ -94,7 +99,7 @@ def scale_by_nadam(
       momentum_decay: psi >= 0 in Dozat's schedule (torch's default 4e-3).
       mu_dtype: dtype to store m in (e.g. jnp.bfloat16); None keeps each param's dtype.
       nu_dtype: dtype to store v in; None keeps each param's dtype. The update itself is computed in the
-        gradients' dtype.
+        promotion of the gradient's and the state's dtypes and returned in the gradients' dtype.
     """
     where = "scale_by_nadam"
     check_beta(where, "b1", b1)
@@ -103,6 +108,7 @@ def scale_by_nadam(
     check_range(where, "momentum_decay", momentum_decay)
 
     def init_fn(params):
+        params = float_leaves(where, params, "parameter", "init()")
         return ScaleByNadamState(
             count=jnp.zeros([], jnp.int32),
             mu_product=jnp.ones([], scalar_dtype()),
@@ -112,6 +118,7 @@ def scale_by_nadam(
 
     def update_fn(updates, state, params=None):
         del params
+        updates = float_leaves(where, updates)
         check_tree(where, updates, state.mu)
         count, t = next_count(state.count)
         mu_product, grad_coef, momentum_coef, bc2 = nadam_scalars(b1, b2, momentum_decay, t, state.mu_product)
@@ -121,14 +128,14 @@ def scale_by_nadam(
             denom = jnp.sqrt(v / like(bc2, v)) + like(eps, v)
             return (like(grad_coef, g) * g + like(momentum_coef, m) * m) / denom
 
-        updates = jax.tree.map(direction, updates, mu, nu)
+        directions = leafwise(direction, updates, mu, nu)
         state = ScaleByNadamState(
             count=count,
             mu_product=mu_product.astype(state.mu_product.dtype),
-            mu=optax.tree.cast(mu, mu_dtype),
-            nu=optax.tree.cast(nu, nu_dtype),
+            mu=cast_like(mu, state.mu),
+            nu=cast_like(nu, state.nu),
         )
-        return updates, state
+        return cast_like(directions, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -149,6 +156,7 @@ def nadam(
 
     Same trajectory as `torch.optim.NAdam(lr, betas=(b1, b2), eps, weight_decay, momentum_decay)`; differs from
     `optax.nadam` (constant momentum b1). Defaults are torch's (lr = 2e-3).
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
     """
     check_learning_rate("nadam", learning_rate)
     check_range("nadam", "weight_decay", weight_decay)
@@ -176,6 +184,7 @@ def nadamw(
 
     Same trajectory as `torch.optim.NAdam(..., weight_decay=weight_decay, decoupled_weight_decay=True)`.
     Default weight_decay 1e-2, as in `adamw`. `mask` selects the leaves that decay.
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
     """
     check_learning_rate("nadamw", learning_rate)
     return optax.chain(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
-from optimjax._tree import check_tree, ema_of_square, lerp, like, zeros_like
+from optimjax._tree import cast_like, check_tree, ema_of_square, float_leaves, leafwise, lerp, like, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.sgd import scale_by_momentum
 from optimjax.weight_decay import add_decayed_weights
@@ -42,6 +41,10 @@ def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, centered: bool = False)
     Same as torch.optim.RMSprop (eps outside the sqrt; defaults decay = alpha = 0.99, eps = 1e-8). Differs from
     `optax.scale_by_rms`, whose default puts eps inside the sqrt (and whose default decay is 0.9).
 
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
+    dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
+    gradient's and the state's dtypes, updates in the gradients' dtype.
+
     Examples:
       The first direction is g / sqrt((1 - decay) * g**2) = sign(g) / sqrt(1 - decay): 10 sign(g) for decay 0.99.
 
@@ -56,20 +59,23 @@ def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, centered: bool = False)
     check_range(where, "eps", eps)
 
     def init_fn(params):
+        params = float_leaves(where, params, "parameter", "init()")
         return ScaleByRmsState(nu=zeros_like(params), mu_grad=zeros_like(params) if centered else None)
 
     def update_fn(updates, state, params=None):
         del params
+        updates = float_leaves(where, updates)
         check_tree(where, updates, state.nu)
-        nu = jax.tree.map(lambda g, v: ema_of_square(v, g, decay), updates, state.nu)
+        nu = leafwise(lambda g, v: ema_of_square(v, g, decay), updates, state.nu)
         if centered:
-            mu_grad = jax.tree.map(lambda g, m: lerp(m, g, 1 - decay), updates, state.mu_grad)
+            mu_grad = leafwise(lambda g, m: lerp(m, g, 1 - decay), updates, state.mu_grad)
             # v - gbar**2 is inf - inf = NaN once g**2 overflows; keep v = inf there (the update is then 0, as torch's).
-            var = jax.tree.map(lambda v, m: jnp.where(jnp.isinf(v), v, v - m * m), nu, mu_grad)
+            var = leafwise(lambda v, m: jnp.where(jnp.isinf(v), v, v - m * m), nu, mu_grad)
         else:
             mu_grad, var = None, nu
-        updates = jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + like(eps, s)), updates, var)
-        return updates, ScaleByRmsState(nu=nu, mu_grad=mu_grad)
+        directions = leafwise(lambda g, s: g / (jnp.sqrt(s) + like(eps, s)), updates, var)
+        state = ScaleByRmsState(nu=cast_like(nu, state.nu), mu_grad=cast_like(mu_grad, state.mu_grad))
+        return cast_like(directions, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -91,6 +97,7 @@ def rmsprop(
     Same trajectory as `torch.optim.RMSprop(lr, alpha=decay, eps, weight_decay, momentum, centered)`, whose
     momentum buffer also holds the scaled gradient before the learning rate. `optax.rmsprop` differs (eps inside
     the sqrt by default, momentum traced after the learning rate).
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
     """
     check_learning_rate("rmsprop", learning_rate)
     check_range("rmsprop", "weight_decay", weight_decay)

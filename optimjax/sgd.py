@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value, is_zero
-from optimjax._tree import check_tree, like, zeros_like
+from optimjax._tree import cast_like, check_tree, float_leaves, leafwise, like, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -32,10 +32,12 @@ def _momentum(where: str, beta: Any, dampening: Any, nesterov: bool) -> optax.Gr
     check_range(where, "dampening", dampening, 0.0, 1.0, high_open=False)
 
     def init_fn(params):
+        params = float_leaves(where, params, "parameter", "init()")
         return MomentumState(count=jnp.zeros([], jnp.int32), velocity=zeros_like(params))
 
     def update_fn(updates, state, params=None):
         del params
+        updates = float_leaves(where, updates)
         check_tree(where, updates, state.velocity)
         # torch starts the buffer at g (no dampening on the first step): v_1 = g.
         damp = jnp.where(state.count == 0, 0.0, dampening) if not is_zero(dampening) else 0.0
@@ -43,12 +45,10 @@ def _momentum(where: str, beta: Any, dampening: Any, nesterov: bool) -> optax.Gr
         def new_velocity(g, v):  # torch: v.mul_(beta).add_(g, alpha=1 - dampening); alpha = 1 adds g as is
             return v * like(beta, v) + (g if is_zero(damp) else like(1 - damp, g) * g)
 
-        velocity = jax.tree.map(new_velocity, updates, state.velocity)
-        if nesterov:
-            updates = jax.tree.map(lambda g, v: g + like(beta, v) * v, updates, velocity)
-        else:
-            updates = velocity
-        return updates, MomentumState(count=optax.safe_increment(state.count), velocity=velocity)
+        velocity = leafwise(new_velocity, updates, state.velocity)
+        directions = leafwise(lambda g, v: g + like(beta, v) * v, updates, velocity) if nesterov else velocity
+        velocity = cast_like(velocity, state.velocity)
+        return cast_like(directions, updates), MomentumState(optax.safe_increment(state.count), velocity)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -61,6 +61,10 @@ def scale_by_momentum(beta: float = 0.9, dampening: float = 0.0) -> optax.Gradie
     Same as torch.optim.SGD's buffer (momentum=beta, dampening, nesterov=False) and, with dampening=0, as
     `optax.trace(decay=beta)`. Momentum accumulates the gradient along a ravine's floor, where successive
     gradients agree, and cancels it across the ravine, where they alternate in sign.
+
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
+    dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
+    gradient's and the state's dtypes, updates in the gradients' dtype.
     """
     return _momentum("scale_by_momentum", beta, dampening, nesterov=False)
 
@@ -75,6 +79,10 @@ def scale_by_nesterov_momentum(beta: float = 0.9) -> optax.GradientTransformatio
     phi = theta - lr * beta * v turns that into the update above, which needs the gradient at the current
     parameters only (the iterates are the look-ahead points of the textbook form). Same as
     `optax.trace(decay=beta, nesterov=True)`; torch requires dampening=0 for Nesterov, and so does this.
+
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
+    dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
+    gradient's and the state's dtypes, updates in the gradients' dtype.
     """
     return _momentum("scale_by_nesterov_momentum", beta, 0.0, nesterov=True)
 
@@ -96,6 +104,7 @@ def sgd(
     Robbins & Monro (1951), "A Stochastic Approximation Method". Same trajectory as
     `torch.optim.SGD(lr, momentum, dampening, weight_decay, nesterov)`; `optax.sgd` has neither dampening nor
     weight decay.
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
 
     Args:
       learning_rate: lr >= 0 or an optax schedule.

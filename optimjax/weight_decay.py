@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_range, is_zero
-from optimjax._tree import check_tree, like
+from optimjax._tree import cast_like, check_tree, float_leaves, leafwise, like
 
 
 class AddDecayedWeightsState(NamedTuple):
@@ -42,7 +42,9 @@ def add_decayed_weights(
         only where it is True, e.g. to skip biases and norm scales. Same semantics as `optax.masked`.
 
     Requires `params` in `update`. Same as `optax.add_decayed_weights`, except that the decay is cast to each
-    leaf's dtype (so an injected float32 hyperparameter never turns bf16 updates into float32).
+    leaf's dtype (so an injected float32 hyperparameter never turns bf16 updates into float32) and that the sum
+    is computed in the promotion of the update's and the parameter's dtypes and returned in the update's dtype.
+    Complex parameters: real and imaginary parts decay as separate parameters, as in torch.
 
     Examples:
       Decay the weights but not the bias: the update of "w" becomes g + 0.1 * w, that of "b" stays g.
@@ -59,11 +61,13 @@ def add_decayed_weights(
     scheduled = callable(weight_decay)
 
     def init_fn(params):
-        del params
+        float_leaves("add_decayed_weights", params, "parameter", "init()")
         return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32)) if scheduled else optax.EmptyState()
 
     def update_fn(updates, state, params=None):
+        updates = float_leaves("add_decayed_weights", updates)
         if params is not None:
+            params = float_leaves("add_decayed_weights", params, "parameter")
             check_tree("add_decayed_weights", updates, params, "the params")
         if is_zero(weight_decay):
             return updates, state
@@ -73,8 +77,8 @@ def add_decayed_weights(
             decay, state = weight_decay(state.count), AddDecayedWeightsState(optax.safe_increment(state.count))
         else:
             decay = weight_decay
-        updates = jax.tree.map(lambda u, p: u + like(decay, u) * p.astype(u.dtype), updates, params)
-        return updates, state
+        decayed = leafwise(lambda u, p: u + like(decay, u) * p, updates, params)
+        return cast_like(decayed, updates), state
 
     tx = optax.GradientTransformation(init_fn, update_fn)
     return tx if mask is None else optax.masked(tx, mask)
