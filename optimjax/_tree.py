@@ -5,11 +5,12 @@ corrections computed once per step as scalars), so that the trajectories agree t
 
 The dtype policy, the same for every optimizer:
 
-- Leaves are floating-point (float16, bfloat16, float32, float64, ...) or complex. Python numbers (int or float)
-  are taken as arrays of JAX's default float dtype (float32; float64 under `jax_enable_x64`), Python complex
-  numbers as the default complex dtype, as optax takes them. Integer and bool leaves raise TypeError naming the
-  leaf's path, at `init` and at `update` (there is no meaningful step for them; leave them out with
-  `optax.masked` or `optax.partition`).
+- Leaves are floating-point (float16, bfloat16, float32, float64, ...) or complex. Python floats are taken as
+  arrays of JAX's default float dtype (float32; float64 under `jax_enable_x64`) and Python complex numbers as
+  the default complex dtype, as optax takes them. Integer and bool leaves, Python ints and bools included (JAX
+  makes them int32 / bool, and `optax.apply_updates` would round an int parameter's step away), raise
+  TypeError naming the leaf's path, at `init` and at `update`; leave them out with `optax.masked` or
+  `optax.partition`.
 - State dtype is fixed at `init`: each state leaf has its parameter's dtype, or `mu_dtype` / `nu_dtype` where an
   optimizer has them (for a complex parameter, the complex dtype of that precision). `update` never changes it,
   whatever dtype the gradients have, so a jitted step does not recompile and `lax.scan` over steps works.
@@ -75,13 +76,11 @@ def complex_dtype() -> jnp.dtype:
 
 
 def _leaf_as_array(x: Any) -> Any:
-    """A Python number as an array of the default float (complex) dtype; None for a leaf that is not a floating
-    or complex number or array; anything else as is."""
+    """A Python float (complex) as an array of the default float (complex) dtype; None for a leaf that is not a
+    floating or complex number or array; anything else as is."""
     if isinstance(x, jax.Array | np.ndarray | np.generic):
         return x if jnp.issubdtype(x.dtype, jnp.inexact) else None
-    if isinstance(x, bool):
-        return None
-    if isinstance(x, int | float):
+    if isinstance(x, float):
         return jnp.asarray(x, scalar_dtype())
     if isinstance(x, complex):
         return jnp.asarray(x, complex_dtype())
@@ -90,8 +89,8 @@ def _leaf_as_array(x: Any) -> Any:
 
 
 def float_leaves(where: str, tree: Any, what: str = "gradient", phase: str = "update()") -> Any:
-    """`tree` with its Python-number leaves as arrays (see the module docstring); TypeError naming the leaf's path
-    for an integer, bool or non-numeric leaf. Runs at trace time: it reads dtypes, never values."""
+    """`tree` with its Python float and complex leaves as arrays (see the module docstring); TypeError naming the
+    leaf's path for an integer, bool or non-numeric leaf. Runs at trace time: it reads dtypes, never values."""
     leaves, treedef = jax.tree.flatten(tree)
     arrays = [_leaf_as_array(x) for x in leaves]
     if all(a is not None for a in arrays):
@@ -102,7 +101,7 @@ def float_leaves(where: str, tree: Any, what: str = "gradient", phase: str = "up
             article = "an" if kind[0] in "aeiou" else "a"
             raise TypeError(
                 f"{where}: {phase} got {article} {kind} {what} {x!r:.60} at {jax.tree_util.keystr(path) or 'the root'}; "
-                "optimjax's optimizers take floating-point or complex leaves (Python numbers included): cast it "
+                "optimjax's optimizers take floating-point or complex leaves (Python floats included): cast it "
                 "(x.astype(jnp.float32)) or keep it out of the optimizer (optax.masked, optax.partition)."
             )
     raise AssertionError("unreachable")
