@@ -353,3 +353,51 @@ def test_mismatched_gradient_tree_raises_a_clear_error(example):
     tx, params, grads = example
     with pytest.raises(ValueError, match=r"tree structure does not match|gradient of shape"):
         tx.update(grads, tx.init(params), params)
+
+
+# --- complex parameters and mixed parameter / gradient dtypes ----------------------------------------------------
+
+DTYPE_PAIRS = [("complex64", "complex64"), ("complex128", "complex128"), ("float32", "bfloat16"),
+               ("float32", "float16"), ("bfloat16", "float32"), ("float64", "float32")]
+
+
+def real_view(tree):
+    """Each complex leaf as its real and imaginary parts stacked on a new last axis (torch's view_as_real)."""
+    return jax.tree.map(lambda x: jnp.stack([jnp.real(x), jnp.imag(x)], -1) if jnp.iscomplexobj(x) else x, tree)
+
+
+@BY_OPTIMIZER
+@settings(PROFILE, max_examples=4)
+@given(data=st.data(), pair=st.sampled_from(DTYPE_PAIRS))
+def test_complex_and_mixed_dtypes_keep_the_dtype_policy(spec, data, pair):
+    """(params, grads) dtypes complex64/complex64, complex128/complex128, float32/bfloat16, float32/float16,
+    bfloat16/float32, float64/float32: the updates have the gradients' structure, shapes and dtypes, the state
+    keeps init's, everything stays finite; a complex run equals the same optimizer on the real views (real and
+    imaginary parts as separate parameters, as torch does)."""
+    param_dtype, grad_dtype = pair
+    dtype = "float16" if "float16" in pair else "float32"  # for eps: representable in the narrowest dtype
+    hyper = data.draw(spec.hyper(dtype), label="hyper")
+    tree = data.draw(trees(max_leaves=4).filter(has_array), label="tree")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+
+    def draw_tree(dtype):
+        if dtype.startswith("complex"):
+            return jax.tree.map(
+                lambda leaf: jnp.asarray(rng.normal(size=leaf.shape) + 1j * rng.normal(size=leaf.shape), dtype),
+                tree, is_leaf=lambda x: isinstance(x, Leaf))
+        return materialise(tree, dtype, rng)
+
+    with precision("float64" if "complex128" in pair or "float64" in pair else "float32"):
+        params = draw_tree(param_dtype)
+        grads = [draw_tree(grad_dtype) for _ in range(3)]
+        tx = spec.factory(**hyper)
+        init_signature = signature(tx.init(params))
+        steps = run(tx, params, grads)
+        for updates, state in steps:
+            assert signature(updates) == signature(grads[0])
+            assert signature(state) == init_signature
+            assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(updates))
+        if param_dtype.startswith("complex"):
+            real_steps = run(tx, real_view(params), [real_view(g) for g in grads])
+            for (updates, _), (real_updates, _) in zip(steps, real_steps):
+                assert_close(real_view(updates), real_updates, "float64" if param_dtype == "complex128" else "float32")
