@@ -99,8 +99,9 @@ def float_leaves(where: str, tree: Any, what: str = "gradient", phase: str = "up
         if a is None:
             kind = str(x.dtype) if hasattr(x, "dtype") else type(x).__name__
             article = "an" if kind[0] in "aeiou" else "a"
+            at = jax.tree_util.keystr(path) or "the root"
             raise TypeError(
-                f"{where}: {phase} got {article} {kind} {what} {x!r:.60} at {jax.tree_util.keystr(path) or 'the root'}; "
+                f"{where}: {phase} got {article} {kind} {what} {x!r:.60} at {at}; "
                 "optimjax's optimizers take floating-point or complex leaves (Python floats included): cast it "
                 "(x.astype(jnp.float32)) or keep it out of the optimizer (optax.masked, optax.partition)."
             )
