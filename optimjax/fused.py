@@ -40,17 +40,29 @@ Every fallback but the accelerator one warns once, with the reason; `available()
 whether the kernel is ready.
 
 The kernel is compiled from `optimjax/_kernels/fused_step.cc` on first use, with the machine's C++ compiler
-(`$CXX`, else `c++`; about 10 s) against the FFI headers that ship inside jaxlib, and cached in
-`$OPTIMJAX_CACHE_DIR` (default `~/.cache/optimjax`). No extra package is needed; `OPTIMJAX_FUSED=0` turns it off.
+(`$CXX`, split as a shell would, e.g. `ccache c++`; else `c++`; about 10 s) against the FFI headers that ship
+inside jaxlib, and cached in `$OPTIMJAX_CACHE_DIR` (default `~/.cache/optimjax`), else, when that directory cannot
+be written or could be written by someone else, in a private directory under the system's temporary directory.
+No extra package is needed; `OPTIMJAX_FUSED=0` turns it off.
+
+The cache loads nothing but what this user's build wrote: a directory is used only if it belongs to the user and
+no one else can write it; the library only if it and the digest its build recorded next to it (`<library>.sha256`)
+are the user's files that no one else can write, and its content has that digest, checked on the very descriptor
+that is then loaded. Anything else (a truncated or replaced file, a file planted by another user) is rebuilt or
+the next location is used, with a warning. A build writes under temporary names and renames them into place,
+under a lock, so that concurrent processes build once and never see half a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
+import shlex
+import stat
 import subprocess
 import sys
 import tempfile
@@ -101,6 +113,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optimjax"
 
 
+def _private_fallback() -> Path:
+    """The cache of last resort: a directory of this user's under the system's temporary directory."""
+    return Path(tempfile.gettempdir()) / f"optimjax-{os.getuid()}"
+
+
+def _compiler() -> list[str]:
+    """`$CXX` split as a shell would (`ccache c++` is a command and an argument), else `c++`."""
+    try:
+        return shlex.split(os.environ.get("CXX", "")) or ["c++"]
+    except ValueError as error:
+        raise RuntimeError(f"$CXX={os.environ['CXX']!r} is not a command line: {error}") from None
+
+
 def _cpu_flags() -> str:
     """The CPU's instruction-set flags (Linux), so that a cache shared by two machines keeps one library each."""
     try:
@@ -110,41 +135,139 @@ def _cpu_flags() -> str:
         return platform.processor()
 
 
-def _build() -> Path:
-    """Compile the kernel (once per source, compiler, flags and jaxlib; cached) and return the library's path."""
+def _library_name() -> str:
+    """The library's file name: a digest of the source, compiler, flags, jaxlib and CPU it is built for."""
     import jaxlib
 
-    compiler = os.environ.get("CXX", "c++")
-    include = jax.ffi.include_dir()
-    source = SOURCE.read_bytes()
-    key = "\0".join([compiler, *CXXFLAGS, jaxlib.__version__, platform.machine(), platform.system(), _cpu_flags()])
-    digest = hashlib.sha256(source + key.encode()).hexdigest()[:16]
-    library = cache_dir() / f"fused_step-{digest}.so"
-    if library.exists():
-        return library
+    key = "\0".join([*_compiler(), *CXXFLAGS, jaxlib.__version__, platform.machine(), platform.system(), _cpu_flags()])
+    return f"fused_step-{hashlib.sha256(SOURCE.read_bytes() + key.encode()).hexdigest()[:16]}.so"
+
+
+def _not_private(path: Path, info: os.stat_result, is_kind: Callable[[int], bool], kind: str) -> str | None:
+    """Why `path` (stat `info`) could have been written by someone else, or None: it is a `kind` of this user's
+    that no other user can write."""
+    if not is_kind(info.st_mode):
+        return f"{path} is not a {kind}"
+    if info.st_uid != os.getuid():
+        return f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.getuid()})"
+    if info.st_mode & 0o022:
+        return f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _open_private(path: Path) -> int:
+    """A read-only descriptor of the regular file `path` (not followed if a link), checked to be this user's and
+    writable by no one else; OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    reason = _not_private(path, os.fstat(fd), stat.S_ISREG, "regular file")
+    if reason:
+        os.close(fd)
+        raise PermissionError(reason)
+    return fd
+
+
+def _open_verified(library: Path) -> int:
+    """A descriptor of `library` if it and its recorded digest (`<library>.sha256`, written after its build) are
+    this user's private files and its content has that digest; OSError saying why not otherwise.
+
+    The digest is computed over the descriptor that is then loaded, so the check and the load see the same file.
+    """
+    fd = _open_private(library.with_name(library.name + ".sha256"))
+    with os.fdopen(fd, "rb") as record:
+        recorded = record.read(100).decode(errors="replace").strip()
+    fd = _open_private(library)
+    digest = hashlib.sha256()
+    with os.fdopen(os.dup(fd), "rb") as content:
+        for block in iter(lambda: content.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != recorded:
+        os.close(fd)
+        raise PermissionError(f"{library} is not the file its build wrote (its digest differs from the recorded one)")
+    return fd
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path, name: str):
+    """Hold an exclusive lock on `directory` for building `name`, so that concurrent processes build it once."""
     try:
-        library.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:  # a read-only home: a private directory under the system's temporary directory
-        library = Path(tempfile.gettempdir()) / f"optimjax-{os.getuid()}" / library.name
-        library.parent.mkdir(mode=0o700, exist_ok=True)
-        owner = library.parent.stat()
-        if owner.st_uid != os.getuid() or owner.st_mode & 0o022:  # never load a library someone else could plant
-            raise RuntimeError(f"{library.parent} is not a private directory of this user")
-        if library.exists():
-            return library
+        import fcntl
+    except ImportError:  # not POSIX: concurrent builds are still safe (atomic renames), merely repeated
+        yield
+        return
+    fd = os.open(directory / f".{name}.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _compile(library: Path) -> None:
+    """Compile the kernel into a temporary name next to `library`, record its digest, then rename both into place
+    (atomic: a concurrent reader sees the old files or the new ones, never half of one)."""
+    compiler = _compiler()
     print(f"optimjax.fused: compiling the CPU kernel into {library.parent} (once per machine, about 10 s)",
           file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        built = Path(tmp) / library.name
-        command = [compiler, *CXXFLAGS, "-isystem", include, "-o", str(built), str(SOURCE)]
+    with tempfile.TemporaryDirectory(dir=library.parent, prefix=".build-") as tmp:
+        built, record = Path(tmp) / library.name, Path(tmp) / "sha256"
+        command = [*compiler, *CXXFLAGS, "-isystem", jax.ffi.include_dir(), "-o", str(built), str(SOURCE)]
         try:
             subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
-        except FileNotFoundError:
-            raise RuntimeError(f"no C++ compiler: `{compiler}` not found (set $CXX)") from None
+        except (FileNotFoundError, PermissionError):
+            raise RuntimeError(f"no C++ compiler: `{shlex.join(compiler)}` cannot be run (set $CXX)") from None
         except subprocess.CalledProcessError as error:
-            raise RuntimeError(f"`{' '.join(command)}` failed:\n{error.stderr[-2000:]}") from None
-        os.replace(built, library)  # atomic: a concurrent process sees no half-written library
-    return library
+            raise RuntimeError(f"`{shlex.join(command)}` failed:\n{error.stderr[-2000:]}") from None
+        os.chmod(built, 0o755)  # whatever the umask: writable by this user only
+        record.write_text(hashlib.sha256(built.read_bytes()).hexdigest() + "\n")
+        os.chmod(record, 0o644)
+        os.replace(built, library)
+        os.replace(record, library.with_name(library.name + ".sha256"))
+
+
+def _library() -> tuple[int, Path]:
+    """A descriptor of the verified kernel library and its path, built first if no cache location holds a valid one.
+
+    Tries `cache_dir()`, then a private directory under the system's temporary directory. A location is used only
+    if the directory is this user's and no one else can write it; a library only if it and its digest file are this
+    user's private files and its content has the recorded digest. Anything else is never loaded: the library is
+    rebuilt (under a lock, into a temporary name renamed into place) or the next location is tried, with a warning.
+    """
+    name, problems = _library_name(), []
+    for directory in dict.fromkeys([cache_dir(), _private_fallback()]):
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            reason = _not_private(directory, directory.stat(), stat.S_ISDIR, "directory")
+            if reason:
+                raise PermissionError(reason)
+            library = directory / name
+            try:
+                return _open_verified(library), library
+            except FileNotFoundError:
+                pass  # not built here yet
+            except OSError as error:
+                warnings.warn(f"optimjax.fused: not loading the cached kernel, rebuilding it: {error}", stacklevel=2)
+            with _build_lock(directory, name):
+                try:
+                    return _open_verified(library), library  # built meanwhile by another process
+                except OSError:
+                    _compile(library)
+                return _open_verified(library), library
+        except OSError as error:  # this location cannot hold the kernel safely: the next one
+            problems.append(f"{directory}: {error}")
+            if directory != _private_fallback():
+                warnings.warn(f"optimjax.fused: not using the cache directory {directory} ({error}); trying "
+                              f"{_private_fallback()}", stacklevel=2)
+    raise RuntimeError("no private cache directory for the kernel: " + "; ".join(problems))
+
+
+def _load_library() -> ctypes.CDLL:
+    """The kernel library, verified (and built if need be) by `_library`, loaded into this process."""
+    fd, path = _library()
+    try:  # load the very file that was verified (Linux), not whatever its path names by now
+        proc = f"/proc/self/fd/{fd}"
+        return ctypes.CDLL(proc if os.path.exists(proc) else str(path))
+    finally:
+        os.close(fd)
 
 
 @functools.cache
@@ -155,7 +278,7 @@ def unavailable_reason() -> str | None:
     if not hasattr(jax, "ffi"):
         return f"jax {jax.__version__} has no jax.ffi (jax >= 0.4.38 has)"
     try:
-        library = ctypes.cdll.LoadLibrary(str(_build()))
+        library = _load_library()
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.OptimjaxFusedStep), platform="cpu")
     except Exception as error:  # noqa: BLE001 - the kernel is an optimization: any failure means the XLA path
         return f"the fused kernel could not be built or loaded: {error}"
@@ -262,14 +385,14 @@ def _fused(name: str, optimizer: optax.GradientTransformation, family: _Family |
             decay_state, inner, lr_state = state if coupled else (state[1], state[0], state[2])
             arrays = [getattr(inner, field) for field in family.arrays]
             if flat_state:
-                check_tree(name, grads, params, "the params")
+                check_tree(name, grads, params, "the params", call="step()")
                 size = sum(jnp.size(p) for p in jax.tree.leaves(params))
                 if jnp.shape(arrays[0]) != (size,):
                     raise ValueError(f"{name}: flat_state=True expects a state made by init() for params of {size} "
                                      f"elements, got state arrays of shape {jnp.shape(arrays[0])}.")
             else:
-                check_tree(name, grads, arrays[0])
-                check_tree(name, params, arrays[0], "the state's params")
+                check_tree(name, grads, arrays[0], call="step()")
+                check_tree(name, params, arrays[0], what="param", call="step()")
             reason = _why_not_fused(jax.tree.leaves((params, grads, arrays)))
         if reason is not None:
             if reason:

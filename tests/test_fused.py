@@ -361,6 +361,8 @@ def test_mismatched_trees_raise_naming_the_optimizer():
         fused.step({"a": jnp.zeros(3)}, fused.init(params), params)
     with pytest.raises(ValueError, match=r"adamw.*shape \(4,\)"):
         fused.step({"a": jnp.zeros(3), "b": jnp.zeros(4)}, fused.init(params), params)
+    with pytest.raises(ValueError, match=r"adamw: step\(\) got a param of shape \(5,\) at \['b'\]"):
+        fused.step(params, fused.init(params), {"a": jnp.zeros(3), "b": jnp.zeros(5)})
 
 
 @pytest.mark.parametrize("factory,kwargs,argument", [
