@@ -18,7 +18,6 @@ import tempfile
 import textwrap
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
