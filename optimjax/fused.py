@@ -423,6 +423,8 @@ def of(optimizer: optax.GradientTransformation, *, flat_state: bool = False) -> 
 
         state = list(state)
         coefficients, fields = kernel.coefficients(inner)
+        if len(coefficients) > FAMILY_COEFFICIENTS:  # a family's description that fused_step.cc cannot hold
+            raise ValueError(f"{name}: {len(coefficients)} kernel coefficients, at most {FAMILY_COEFFICIENTS}")
         decay = 0.0
         if decays:
             decay, state[decay_at] = _hyperparameter(kernel.weight_decay, state[decay_at])
