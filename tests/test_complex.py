@@ -149,7 +149,7 @@ def test_mu_dtype_of_a_complex_parameter_is_complex():
 
 
 def test_fused_falls_back_for_complex_with_the_reason():
-    fused = optimjax.fused.adam(0.1)
+    fused = optimjax.fused.of(optimjax.adam(0.1))
     plain = optimjax.adam(0.1)
     p = jnp.asarray([0.5 + 1j, -1j], jnp.complex64)
     g = jnp.asarray([1j, 2.0 - 1j], jnp.complex64)
