@@ -9,6 +9,8 @@ import numpy as np
 import optax
 import torch
 
+from cases import SHAPES
+
 
 def run_optimjax(problem, tx, params=None, state=None, start=0, steps=None):
     """optimjax's parameters after each of steps start..start+steps-1 of `problem` (and the final state)."""
@@ -37,5 +39,6 @@ def run_torch(problem, optimizer, params, start=0, steps=None, scheduler=None):
 
 
 def torch_params(arrays: dict) -> dict:
-    """torch leaf tensors (requires_grad) holding copies of `arrays`."""
-    return {k: torch.tensor(np.array(v), requires_grad=True) for k, v in arrays.items()}
+    """torch leaf tensors (requires_grad) holding copies of `arrays`, in the table's order of leaves (SHAPES: the
+    order of the torch optimizer's parameters, and of `paths`), whatever the order of `arrays`."""
+    return {k: torch.tensor(np.array(arrays[k]), requires_grad=True) for k in SHAPES}
