@@ -30,13 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optimjax.adadelta import ScaleByAdadeltaState
-from optimjax.adagrad import ScaleByAdagradState
-from optimjax.adam import ScaleByAdamState
+from optimjax.adadelta import ScaleByAdadeltaState, adadelta
+from optimjax.adagrad import ScaleByAdagradState, adagrad
+from optimjax.adam import ScaleByAdamState, adam, adamw
 from optimjax.learning_rate import ScaleByLearningRateState
-from optimjax.nadam import ScaleByNadamState
-from optimjax.rmsprop import ScaleByRmsState
-from optimjax.sgd import MomentumState
+from optimjax.nadam import ScaleByNadamState, nadam, nadamw
+from optimjax.rmsprop import ScaleByRmsState, rmsprop
+from optimjax.sgd import MomentumState, sgd
 from optimjax.weight_decay import AddDecayedWeightsState
 
 
@@ -80,11 +80,14 @@ class TorchOptimizer(NamedTuple):
     Attributes:
       signature: hyperparameter names in every param group of this class (and of no class listed before it).
       keys: the state keys torch keeps for each parameter of a group, given the group (its flags decide some).
+      build: (group, learning_rate) -> the optimjax transformation with the group's hyperparameters and that
+        learning rate (a number or a schedule), for `from_torch`.
       eager: state is created at construction (Adagrad), not at the parameter's first step.
     """
 
     signature: frozenset[str]
     keys: Callable[[dict], set[str]]
+    build: Callable[[dict, Any], optax.GradientTransformation]
     eager: bool = False
 
 
@@ -97,16 +100,49 @@ def _rmsprop_keys(group):
             | ({"grad_avg"} if group.get("centered") else set()))
 
 
+def _f(value: Any) -> Any:
+    """A torch hyperparameter (a number, a 0-d tensor, a tuple of them) as Python numbers."""
+    if isinstance(value, (tuple, list)):
+        return tuple(_f(v) for v in value)
+    return value if isinstance(value, bool) else float(value)
+
+
+def _build_sgd(g, lr):
+    return sgd(lr, momentum=_f(g["momentum"]) or None, nesterov=g["nesterov"], dampening=_f(g["dampening"]),
+               weight_decay=_f(g["weight_decay"]), maximize=g["maximize"])
+
+
+def _build_adam(g, lr):
+    (b1, b2), kwargs = _f(g["betas"]), dict(eps=_f(g["eps"]), amsgrad=g["amsgrad"], maximize=g["maximize"])
+    if g.get("decoupled_weight_decay"):
+        return adamw(lr, b1, b2, weight_decay=_f(g["weight_decay"]), **kwargs)
+    return adam(lr, b1, b2, weight_decay=_f(g["weight_decay"]), **kwargs)
+
+
+def _build_nadam(g, lr):
+    (b1, b2), wd = _f(g["betas"]), _f(g["weight_decay"])
+    kwargs = dict(eps=_f(g["eps"]), momentum_decay=_f(g["momentum_decay"]), weight_decay=wd, maximize=g["maximize"])
+    return (nadamw if g.get("decoupled_weight_decay") else nadam)(lr, b1, b2, **kwargs)
+
+
 TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
     "SGD": TorchOptimizer(frozenset({"momentum", "dampening", "nesterov"}),
-                          lambda group: {"momentum_buffer"} if group.get("momentum", 0) != 0 else set()),
+                          lambda group: {"momentum_buffer"} if group.get("momentum", 0) != 0 else set(), _build_sgd),
     "NAdam": TorchOptimizer(frozenset({"betas", "momentum_decay"}),
-                            lambda group: {"step", "mu_product", "exp_avg", "exp_avg_sq"}),
-    "Adam": TorchOptimizer(frozenset({"betas", "amsgrad"}), _adam_keys),  # AdamW too (decoupled_weight_decay)
-    "RMSprop": TorchOptimizer(frozenset({"alpha", "centered", "momentum"}), _rmsprop_keys),
-    "Adagrad": TorchOptimizer(frozenset({"lr_decay", "initial_accumulator_value"}), lambda group: {"step", "sum"},
-                              eager=True),
-    "Adadelta": TorchOptimizer(frozenset({"rho"}), lambda group: {"step", "square_avg", "acc_delta"}),
+                            lambda group: {"step", "mu_product", "exp_avg", "exp_avg_sq"}, _build_nadam),
+    "Adam": TorchOptimizer(frozenset({"betas", "amsgrad"}), _adam_keys, _build_adam),  # and AdamW
+    "RMSprop": TorchOptimizer(
+        frozenset({"alpha", "centered", "momentum"}), _rmsprop_keys,
+        lambda g, lr: rmsprop(lr, _f(g["alpha"]), _f(g["eps"]), g["centered"], _f(g["momentum"]) or None,
+                              _f(g["weight_decay"]), maximize=g["maximize"])),
+    "Adagrad": TorchOptimizer(
+        frozenset({"lr_decay", "initial_accumulator_value"}), lambda group: {"step", "sum"},
+        lambda g, lr: adagrad(lr, _f(g["lr_decay"]), _f(g["weight_decay"]), _f(g["initial_accumulator_value"]),
+                              _f(g["eps"]), maximize=g["maximize"]),
+        eager=True),
+    "Adadelta": TorchOptimizer(
+        frozenset({"rho"}), lambda group: {"step", "square_avg", "acc_delta"},
+        lambda g, lr: adadelta(lr, _f(g["rho"]), _f(g["eps"]), _f(g["weight_decay"]), maximize=g["maximize"])),
 }
 
 
@@ -527,3 +563,49 @@ def _scalar_dtype():
     import torch
 
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+# --- a torch optimizer as an optimjax transformation ----------------------------------------------------------
+
+
+def from_torch(optimizer: Any, paths: Any = None, scheduler: Any = None) -> optax.GradientTransformation:
+    """The optimjax transformation that runs `optimizer` (a live torch.optim optimizer): its class, each param
+    group's hyperparameters, and its groups as an `optax.partition` over the JAX leaves `paths` names.
+
+    Args:
+      optimizer: a torch.optim optimizer of a class in `TORCH_OPTIMIZERS`.
+      paths: as in `load_state_dict`; needed with more than one param group (each JAX leaf is labelled with the
+        group of its torch parameter; a leaf not named is an error at `init`).
+      scheduler: not supported yet: pass the schedule as each group's learning rate yourself.
+
+    The learning rate is the group's current `lr` (what the next `step()` would use). Hyperparameters that do not
+    change the arithmetic (foreach, fused, capturable, differentiable) are ignored.
+    """
+    where = "optimjax.port.from_torch"
+    if scheduler is not None:
+        raise NotImplementedError(f"{where}: scheduler={type(scheduler).__name__} is not supported yet")
+    groups = optimizer.param_groups
+    build = TORCH_OPTIMIZERS[_torch_class(where, groups)].build
+    transforms = [build(group, _f(group["lr"])) for group in groups]
+    if len(groups) == 1:
+        return transforms[0]
+    if paths is None:
+        raise ValueError(f"{where}: the optimizer has {len(groups)} param groups; pass paths (the JAX leaf of "
+                         f"each torch parameter) to say which leaves belong to which")
+    sizes = [len(g["params"]) for g in groups]
+    paths = [_as_leaf(entry).path for entry in paths]
+    if sum(sizes) != len(paths):
+        raise ValueError(f"{where}: the optimizer's param_groups hold {sum(sizes)} parameters ({sizes} per group), "
+                         f"`paths` names {len(paths)}")
+    label_of = {path: f"group_{g}" for g, size in enumerate(sizes)
+                for path in paths[sum(sizes[:g]):sum(sizes[:g]) + size]}
+
+    def label(path, leaf):
+        path = _plain(path)
+        if path not in label_of:
+            raise ValueError(f"{where}: the JAX leaf {_show(path)} is in no param group (no torch parameter in "
+                             f"`paths` names it)")
+        return label_of[path]
+
+    return optax.partition({f"group_{g}": tx for g, tx in enumerate(transforms)},
+                           lambda params: jax.tree_util.tree_map_with_path(label, params))
