@@ -19,6 +19,7 @@ from optimjax.nadam import momentum_schedule as momentum_schedule
 from optimjax.nadam import nadam as nadam
 from optimjax.nadam import nadamw as nadamw
 from optimjax.nadam import scale_by_nadam as scale_by_nadam
+from optimjax import schedules as schedules
 from optimjax.rmsprop import ScaleByRmsState as ScaleByRmsState
 from optimjax.rmsprop import rmsprop as rmsprop
 from optimjax.rmsprop import scale_by_rms as scale_by_rms
