@@ -97,7 +97,7 @@ def reduce_lr_on_plateau(
       >>> state = tx.init(jnp.zeros(2))
       >>> for loss in [1.0, 1.0, 1.0, 0.5]:
       ...     updates, state = tx.update(jnp.ones(2), state, value=loss)
-      ...     print(float(state.lr), float(state.scale))
+      ...     print(round(float(state.lr), 6), float(state.scale))
       0.1 1.0
       0.1 1.0
       0.05 0.5

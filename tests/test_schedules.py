@@ -84,6 +84,14 @@ LR_CASES = [
     ("chained_cosine_to_t_max",
      lambda: S.chained_scheduler([S.cosine_annealing_lr(BASE, 12), S.multiplicative_lr(BASE, mult, 20)]),
      lambda o: L.ChainedScheduler([L.CosineAnnealingLR(o, 12), L.MultiplicativeLR(o, mult)]), 13),
+    ("chained_cosine_past_t_max",  # torch's cosine recursion restarts from 0 at T_max + 1 by adding a term
+     lambda: S.chained_scheduler([S.linear_lr(BASE, 0.5, 1.0, 4), S.cosine_annealing_lr(BASE, 5),
+                                  S.exponential_lr(BASE, 0.95), S.step_lr(BASE, 7, 0.8)]),
+     lambda o: L.ChainedScheduler([L.LinearLR(o, 0.5, 1.0, 4), L.CosineAnnealingLR(o, 5), L.ExponentialLR(o, 0.95),
+                                   L.StepLR(o, 7, 0.8)]), 35),
+    ("chained_cosine_first_then_polynomial_to_0",
+     lambda: S.chained_scheduler([S.cosine_annealing_lr(BASE, 4), S.polynomial_lr(BASE, 6, 1.0)]),
+     lambda o: L.ChainedScheduler([L.CosineAnnealingLR(o, 4), L.PolynomialLR(o, 6, 1.0)]), 30),
 ]
 LR_IDS = [c[0] for c in LR_CASES]
 
@@ -233,6 +241,9 @@ BAD = [
     (S.chained_scheduler, dict(schedules=[S.step_lr(0.1, 2), S.one_cycle_lr(0.1, 10)]), "schedules[1]"),
     (S.chained_scheduler, dict(schedules=[S.cosine_annealing_lr(0.1, 3, eta_min=0.01)]), "schedules[0]"),
     (S.chained_scheduler, dict(schedules=[]), "schedules"),
+    (S.chained_scheduler, dict(schedules=[S.cosine_annealing_lr(0.1, 3), S.cosine_annealing_lr(0.1, 4)]), "schedules"),
+    (S.sequential_lr, dict(schedules=[S.step_lr(0.1, 2), S.multiplicative_lr(0.1, mult, 5)], milestones=[3]),
+     "schedules.1."),
 ]
 
 
