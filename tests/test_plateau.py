@@ -103,6 +103,28 @@ def test_nan_is_a_bad_value_as_in_torch():
     assert after[-1] < after[0]
 
 
+def test_metric_once_per_epoch_with_value_on_the_last_batch():
+    """torch's epoch loop: optimizer.step() per batch, scheduler.step(metric) after the epoch's last batch."""
+    config = dict(factor=0.5, patience=1, cooldown=1)
+    values, batches = losses(n=30, seed=2), 4
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=BASE)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **config)
+    tx = oj.reduce_lr_on_plateau(BASE, **config)
+    state = tx.init(jnp.zeros(1))
+    with_value, without = jax.jit(tx.update), jax.jit(lambda u, s: tx.update(u, s))
+    reference, ours = [], []
+    for v in values:
+        for b in range(batches):
+            reference.append(opt.param_groups[0]["lr"])
+            opt.step()
+            updates, state = with_value(jnp.ones(1), state, value=v) if b == batches - 1 else without(jnp.ones(1), state)
+            ours.append(float(updates[0]) * BASE)
+        scheduler.step(v)
+    assert len(set(reference)) >= 3
+    np.testing.assert_allclose(ours, reference, rtol=1e-6)
+
+
 def test_plateau_on_adam_follows_torch_trajectory():
     """adam + reduce_lr_on_plateau == torch.optim.Adam + ReduceLROnPlateau stepped with the same values."""
     case = next(c for c in CASES if c.id == "adam_wd")
