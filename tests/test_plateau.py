@@ -118,7 +118,8 @@ def test_metric_once_per_epoch_with_value_on_the_last_batch():
         for b in range(batches):
             reference.append(opt.param_groups[0]["lr"])
             opt.step()
-            updates, state = with_value(jnp.ones(1), state, value=v) if b == batches - 1 else without(jnp.ones(1), state)
+            last = b == batches - 1
+            updates, state = with_value(jnp.ones(1), state, value=v) if last else without(jnp.ones(1), state)
             ours.append(float(updates[0]) * BASE)
         scheduler.step(v)
     assert len(set(reference)) >= 3

@@ -32,9 +32,11 @@ def mult(k):
 # id, our schedule, torch scheduler for an optimizer with lr=BASE, number of steps (>= 3 periods, past the ends)
 LR_CASES = [
     ("lambda", lambda: S.lambda_lr(BASE, lam), lambda o: L.LambdaLR(o, lam), 30),
-    ("multiplicative", lambda: S.multiplicative_lr(BASE, mult, num_steps=40), lambda o: L.MultiplicativeLR(o, mult), 40),
+    ("multiplicative", lambda: S.multiplicative_lr(BASE, mult, num_steps=40),
+     lambda o: L.MultiplicativeLR(o, mult), 40),
     ("step", lambda: S.step_lr(BASE, 7, 0.5), lambda o: L.StepLR(o, 7, 0.5), 28),
-    ("multi_step", lambda: S.multi_step_lr(BASE, [3, 3, 8, 15], 0.3), lambda o: L.MultiStepLR(o, [3, 3, 8, 15], 0.3), 25),
+    ("multi_step", lambda: S.multi_step_lr(BASE, [3, 3, 8, 15], 0.3),
+     lambda o: L.MultiStepLR(o, [3, 3, 8, 15], 0.3), 25),
     ("multi_step_at_0", lambda: S.multi_step_lr(BASE, [0, 5]), lambda o: L.MultiStepLR(o, [0, 5]), 10),
     ("constant", lambda: S.constant_lr(BASE, 0.25, 6), lambda o: L.ConstantLR(o, 0.25, 6), 20),
     ("linear_up", lambda: S.linear_lr(BASE, 0.2, 0.9, 8), lambda o: L.LinearLR(o, 0.2, 0.9, 8), 25),
@@ -67,8 +69,8 @@ LR_CASES = [
      lambda: S.one_cycle_lr(BASE, epochs=4, steps_per_epoch=7, three_phase=True, anneal_strategy="linear"),
      lambda o: L.OneCycleLR(o, BASE, epochs=4, steps_per_epoch=7, three_phase=True, anneal_strategy="linear"), 29),
     ("sequential",
-     lambda: S.sequential_lr([S.linear_lr(BASE, 0.1, 1.0, 5), S.cosine_annealing_lr(BASE, 10), S.exponential_lr(BASE, 0.9)],
-                             [5, 15]),
+     lambda: S.sequential_lr(
+         [S.linear_lr(BASE, 0.1, 1.0, 5), S.cosine_annealing_lr(BASE, 10), S.exponential_lr(BASE, 0.9)], [5, 15]),
      lambda o: L.SequentialLR(o, [L.LinearLR(o, 0.1, 1.0, 5), L.CosineAnnealingLR(o, 10), L.ExponentialLR(o, 0.9)],
                               [5, 15]), 40),
     ("sequential_step_after_constant",
