@@ -548,7 +548,10 @@ def one_cycle_momentum(
     total_steps it holds max_momentum.
 
     Use it as Adam's / NAdam's `b1` or SGD's / RMSprop's `momentum`, through `optax.inject_hyperparams`. Both
-    momenta in [0, 1).
+    momenta in [0, 1). Note that torch cycles the momentum of a plain `SGD(params, lr)` too (its momentum
+    default 0 is overwritten with max_momentum), so `SGD(lr) + OneCycleLR(...)` ports to
+    `inject_hyperparams(optimjax.sgd)(learning_rate=one_cycle_lr(...), momentum=one_cycle_momentum(...))`; pass
+    `cycle_momentum=False` in torch for a momentum-free run.
     """
     where = "one_cycle_momentum"
     low = _number(where, "base_momentum", base_momentum, 0.0, 1.0)

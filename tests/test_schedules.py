@@ -261,14 +261,14 @@ def _cycled(case):
     """The hyperparameter torch's OneCycleLR cycles for this case's optimizer (None: it has none to cycle)."""
     if case.torch_cls in (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam):
         return "b1"
-    if case.torch_cls in (torch.optim.SGD, torch.optim.RMSprop) and case.kwargs.get("momentum"):
+    if case.torch_cls in (torch.optim.SGD, torch.optim.RMSprop):  # plain SGD too: torch sets its momentum to 0.95
         return "momentum"
     return None
 
 
 # One row per family that has a momentum for torch to cycle (the whole table would cost 20 s of CI).
 ONE_CYCLE_CASES = [c for c in CASES if _cycled(c) and c.id in (
-    "amsgrad", "adamw", "nadamw", "momentum_dampening_wd", "nesterov_wd", "rmsprop_centered_momentum_wd")]
+    "sgd", "amsgrad", "adamw", "nadamw", "momentum_dampening_wd", "nesterov_wd", "rmsprop_centered_momentum_wd")]
 
 
 def _one_cycle_run(case, problem):
