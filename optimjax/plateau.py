@@ -51,7 +51,9 @@ def reduce_lr_on_plateau(
     by the lr in force before it sees its value (torch steps the optimizer first, then the scheduler), so the
     first reduction shows in the update after the value that triggered it. (optax.contrib.reduce_on_plateau
     applies the new scale to the same call's updates, and cuts after `patience` bad values, torch after
-    `patience + 1`.) With the metric per epoch, call it once per epoch: each call is one scheduler step.
+    `patience + 1`.) A call without `value` (or with `value=None`) only scales the updates: with a metric
+    measured once per epoch, as in torch's usual loop, pass it with the epoch's last batch only (the two kinds of
+    call compile separately under `jit`, since None is static).
 
     Torch's rule, per value v (in float64 with jax_enable_x64, else float32; torch compares Python floats):
 
@@ -133,9 +135,11 @@ def reduce_lr_on_plateau(
             cooldown_counter=jnp.zeros([], jnp.int32),
         )
 
-    def update_fn(updates, state, params=None, *, value, **extra_args):
+    def update_fn(updates, state, params=None, *, value=None, **extra_args):
         del params, extra_args
         updates = jax.tree.map(lambda u: like(state.scale, u) * u, updates)  # the lr before this value
+        if value is None:  # no scheduler.step() after this optimizer.step()
+            return updates, state
         value = jnp.asarray(value, state.best.dtype)
         better = is_better(value, state.best)
         best = jnp.where(better, value, state.best)
