@@ -33,6 +33,7 @@ import optax
 from optimjax.adadelta import ScaleByAdadeltaState, adadelta
 from optimjax.adagrad import ScaleByAdagradState, adagrad
 from optimjax.adam import ScaleByAdamState, adam, adamw
+from optimjax.clipping import ClipGradNormState
 from optimjax.learning_rate import ScaleByLearningRateState
 from optimjax.nadam import ScaleByNadamState, nadam, nadamw
 from optimjax.rmsprop import ScaleByRmsState, rmsprop
@@ -71,6 +72,7 @@ STATE_MAPS: dict[type, StateMap] = {
     ScaleByLearningRateState: StateMap((), {}),
     AddDecayedWeightsState: StateMap((), {}),
     optax.ScaleByScheduleState: StateMap((), {}),
+    ClipGradNormState: StateMap((), {}, count=None),  # the last total norm, for logging: not torch state, kept
 }
 
 
@@ -447,7 +449,9 @@ def state_dict(tx: optax.GradientTransformation, state: Any, params: Any, paths:
     `optimizer.load_state_dict` to continue the run in torch.
 
     Args:
-      tx, state, params: the optimjax transformation, its state and the parameters it is for.
+      tx: the optimjax transformation (its `init(params)` gives the state's structure, checked).
+      state: the state of `tx` to convert.
+      params: the parameters the state is for.
       paths: as in `load_state_dict` (a `Leaf` with `to_jax` needs `to_torch` here).
       optimizer: the torch optimizer the result is for, or its `state_dict()`: its class and `param_groups`
         (their hyperparameters and sizes) are those of the result, since torch's `load_state_dict` replaces the

@@ -20,7 +20,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
-EXPECTED = {"pathological_curvature", "nesterov_lookahead", "nadam_schedule", "flax_training"}
+EXPECTED = {"pathological_curvature", "nesterov_lookahead", "nadam_schedule", "flax_training", "porting_pytorch"}
 
 
 def test_the_four_notebooks_are_there():
