@@ -1,5 +1,7 @@
 """optimjax: the classic optimizers as composable optax GradientTransformations, on torch.optim's trajectory."""
 
+from types import ModuleType as _ModuleType
+
 from optimjax.adadelta import ScaleByAdadeltaState as ScaleByAdadeltaState
 from optimjax.adadelta import adadelta as adadelta
 from optimjax.adadelta import scale_by_adadelta as scale_by_adadelta
@@ -31,4 +33,12 @@ from optimjax.sgd import sgd as sgd
 from optimjax.weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
 from optimjax.weight_decay import add_decayed_weights as add_decayed_weights
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it, CHANGELOG.md lists it
+
+# The public names are those imported above as `from optimjax.x import name as name`; modules imported only along
+# the way (optimjax.adam, optimjax.learning_rate, ...) are not, except `fused`, imported as a module on purpose.
+# tests/test_packaging.py checks this against the `import ... as ...` lines of this file.
+__all__ = sorted(
+    [_name for _name, _value in globals().items() if not _name.startswith("_") and not isinstance(_value, _ModuleType)]
+    + ["fused"]
+)

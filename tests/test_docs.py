@@ -11,6 +11,7 @@ import doctest
 import importlib
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 import time
@@ -83,6 +84,8 @@ DOC_PAGES_WITH_CODE = sorted(p for p in (ROOT / "docs").rglob("*.md") if "```pyt
 @pytest.mark.parametrize("page", DOC_PAGES_WITH_CODE, ids=[p.name for p in DOC_PAGES_WITH_CODE])
 def test_code_examples_in_the_docs_run(page):
     text = page.read_text(encoding="utf-8")
+    # pymdownx.snippets: a line `--8<-- "path"` stands for the file at path (relative to the repository root)
+    text = re.sub(r'^--8<-- "([^"]+)"$', lambda m: (ROOT / m.group(1)).read_text(encoding="utf-8"), text, flags=re.M)
     blocks = text.split("```python\n")[1:]
     assert blocks
     for block in blocks:
