@@ -231,4 +231,6 @@ def test_maths_is_typeset_offline_on_every_page(reports):
     assert reports["notebooks/nadam_schedule/index.html"][0]["typeset"] >= 10
     assert reports["notebooks/pathological_curvature/index.html"][0]["typeset"] >= 5
     adam = reports["api/adam/index.html"][0]
-    assert adam["arithmatex"] >= 3 and adam["typeset"] >= 3
+    assert adam["arithmatex"] >= 5 and adam["typeset"] >= 5
+    for family in ("sgd", "nadam", "rmsprop", "adagrad", "adadelta"):  # each family's update, on its page
+        assert reports[f"api/{family}/index.html"][0]["typeset"] >= 1, family
