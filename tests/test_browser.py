@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -157,15 +156,8 @@ class Chromium:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    site_dir = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "--site-dir", str(site_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
-    return site_dir
+def site(built_site):
+    return built_site  # tests/conftest.py: built once for the session
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import os
 import pkgutil
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -38,18 +34,8 @@ def test_docstring_examples(name):
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """Build the site once, strictly (any warning is an error), into a temporary directory."""
-    site_dir = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "--site-dir", str(site_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )
-    print(f"mkdocs build: {time.perf_counter() - start:.1f} s")
-    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
-    return site_dir
+def site(built_site):
+    return built_site  # tests/conftest.py: built once for the session
 
 
 def test_every_public_name_has_an_api_entry(site):
