@@ -5,7 +5,8 @@ The site is built once (`mkdocs build --strict`, into a temporary directory) and
 `--remote-debugging-pipe`: JSON messages ended by a NUL byte on file descriptors 3 and 4), so no extra package is
 needed. For each page the test checks that:
 
-- nothing the page loads fails (a missing image, script or stylesheet shows up as `Network.loadingFailed`);
+- nothing the page loads fails (a missing image, script or stylesheet shows up as `Network.loadingFailed`), and a
+  click on a notebook's figure shows it at full size (docs/assets/javascripts/zoom.js);
 - every link to a page of the site leads to a file, and its #fragment to an element of that page;
 - the maths is typeset by the shipped MathJax: every `arithmatex` element (Markdown pages, docstrings) holds an
   `mjx-container` and no MathJax error, and no `$...$` is left as text in the notebooks' Markdown cells;
@@ -44,7 +45,18 @@ PAGE_REPORT = """
     copy.querySelectorAll("mjx-container, pre, code").forEach((e) => e.remove());
     return copy.textContent;
   });
+  // a click on a figure (not a link) opens it at full size over the page, a second click closes it
+  const figure = [...document.querySelectorAll(".md-typeset img")].find((img) => !img.closest("a"));
+  let zoom = null;
+  if (figure) {
+    figure.click();
+    const large = document.querySelector(".optimjax-zoom img");
+    zoom = !!large && large.src === figure.src;
+    document.body.click();
+    zoom = zoom && !document.querySelector(".optimjax-zoom");
+  }
   return {
+    zoom,
     mathjax: !!(window.MathJax && MathJax.version),
     typeset: document.querySelectorAll("mjx-container").length,
     errors: document.querySelectorAll("mjx-merror, [data-mjx-error]").length,
@@ -192,6 +204,7 @@ def test_nothing_a_page_loads_is_missing(reports):
         assert all(width > 0 for src, width in report["images"] if src.startswith("data:")), page
         if page.startswith("notebooks/"):
             assert len(local) >= 2, f"{page}: the notebook's figures are missing"
+            assert report["zoom"], f"{page}: a click on a figure does not show it at full size"
 
 
 def test_every_local_link_leads_to_a_page_and_an_anchor(site, reports):
