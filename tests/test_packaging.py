@@ -149,7 +149,7 @@ def test_installed_wheel_imports_builds_the_kernel_and_steps(dist, tmp_path):
         assert optimjax.__file__.startswith(sys.prefix), optimjax.__file__  # the installed copy, not the checkout
         assert importlib.metadata.version("optimjax") == optimjax.__version__
         assert optimjax.fused.unavailable_reason() is None, optimjax.fused.unavailable_reason()
-        opt = optimjax.fused.adamw(learning_rate=1e-2, weight_decay=0.1)
+        opt = optimjax.fused.of(optimjax.adamw(learning_rate=1e-2, weight_decay=0.1))
         params = {"w": jnp.linspace(-1.0, 1.0, 64, dtype=jnp.float32)}
         grads = {"w": jnp.cos(3.0 * params["w"])}
         step = jax.jit(opt.step)
