@@ -85,6 +85,8 @@ def test_state_is_torchs_exactly():
     assert int(momentum.count) == N
     back = port.state_dict(tx, state, current, PATHS, optimizer)
     assert back["param_groups"] == saved["param_groups"]
+    from_dict = port.state_dict(tx, state, current, PATHS, saved)  # the target given as a state_dict
+    assert from_dict["param_groups"] == saved["param_groups"] and from_dict["state"].keys() == back["state"].keys()
     for i in range(len(PATHS)):
         assert set(back["state"][i]) == set(saved["state"][i])
         for key, value in saved["state"][i].items():
