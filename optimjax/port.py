@@ -32,6 +32,7 @@ import optax
 
 from optimjax.adadelta import ScaleByAdadeltaState, adadelta
 from optimjax.adagrad import ScaleByAdagradState, adagrad
+from optimjax import schedules
 from optimjax.adam import ScaleByAdamState, adam, adamw
 from optimjax.clipping import ClipGradNormState
 from optimjax.learning_rate import ScaleByLearningRateState
@@ -572,6 +573,18 @@ def _scalar_dtype():
 # --- a torch optimizer as an optimjax transformation ----------------------------------------------------------
 
 
+TORCH_SCHEDULERS: dict[str, Callable[[Any, float], Callable]] = {
+    # torch scheduler class -> (scheduler, the group's base lr) -> the optimjax schedule
+    "StepLR": lambda s, lr: schedules.step_lr(lr, s.step_size, s.gamma),
+    "MultiStepLR": lambda s, lr: schedules.multi_step_lr(lr, sorted(s.milestones.elements()), s.gamma),
+    "ConstantLR": lambda s, lr: schedules.constant_lr(lr, s.factor, s.total_iters),
+    "LinearLR": lambda s, lr: schedules.linear_lr(lr, s.start_factor, s.end_factor, s.total_iters),
+    "ExponentialLR": lambda s, lr: schedules.exponential_lr(lr, s.gamma),
+    "PolynomialLR": lambda s, lr: schedules.polynomial_lr(lr, s.total_iters, s.power),
+    "CosineAnnealingLR": lambda s, lr: schedules.cosine_annealing_lr(lr, s.T_max, s.eta_min),
+}
+
+
 def from_torch(optimizer: Any, paths: Any = None, scheduler: Any = None) -> optax.GradientTransformation:
     """The optimjax transformation that runs `optimizer` (a live torch.optim optimizer): its class, each param
     group's hyperparameters, and its groups as an `optax.partition` over the JAX leaves `paths` names.
@@ -580,17 +593,29 @@ def from_torch(optimizer: Any, paths: Any = None, scheduler: Any = None) -> opta
       optimizer: a torch.optim optimizer of a class in `TORCH_OPTIMIZERS`.
       paths: as in `load_state_dict`; needed with more than one param group (each JAX leaf is labelled with the
         group of its torch parameter; a leaf not named is an error at `init`).
-      scheduler: not supported yet: pass the schedule as each group's learning rate yourself.
+      scheduler: None, or the optimizer's torch LR scheduler, of a class in `TORCH_SCHEDULERS` (StepLR,
+        MultiStepLR, ConstantLR, LinearLR, ExponentialLR, PolynomialLR, CosineAnnealingLR): each group's learning
+        rate is then the `optimjax.schedules` schedule from the group's `initial_lr`. Others (OneCycleLR, CyclicLR:
+        they also cycle the momentum; LambdaLR: a Python function; SequentialLR, ChainedScheduler) raise
+        NotImplementedError: build those with `optimjax.schedules` by hand.
 
-    The learning rate is the group's current `lr` (what the next `step()` would use). Hyperparameters that do not
-    change the arithmetic (foreach, fused, capturable, differentiable) are ignored.
+    Without a scheduler the learning rate is the group's current `lr` (what the next `step()` would use).
+    Hyperparameters that do not change the arithmetic (foreach, fused, capturable, differentiable) are ignored.
     """
     where = "optimjax.port.from_torch"
-    if scheduler is not None:
-        raise NotImplementedError(f"{where}: scheduler={type(scheduler).__name__} is not supported yet")
     groups = optimizer.param_groups
     build = TORCH_OPTIMIZERS[_torch_class(where, groups)].build
-    transforms = [build(group, _f(group["lr"])) for group in groups]
+    if scheduler is None:
+        transforms = [build(group, _f(group["lr"])) for group in groups]
+    else:
+        name = type(scheduler).__name__
+        if name not in TORCH_SCHEDULERS:
+            raise NotImplementedError(f"{where}: scheduler={name} is not supported (supported: "
+                                      f"{', '.join(TORCH_SCHEDULERS)}); pass the optimjax.schedules schedule as "
+                                      f"each group's learning rate instead")
+        if scheduler.optimizer is not optimizer:
+            raise ValueError(f"{where}: the scheduler steps another optimizer than the one given")
+        transforms = [build(group, TORCH_SCHEDULERS[name](scheduler, _f(group["initial_lr"]))) for group in groups]
     if len(groups) == 1:
         return transforms[0]
     if paths is None:

@@ -131,3 +131,29 @@ def test_two_groups_resume_from_a_torch_checkpoint_and_back():
     for i, k in enumerate(PATHS):
         for key, value in optimizer.state_dict()["state"][i].items():
             torch.testing.assert_close(back["state"][i][key], value, rtol=1e-5, atol=1e-7, msg=f"{k} {key}")
+
+
+@pytest.mark.parametrize("make_scheduler", [
+    lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.5),
+    lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=12, eta_min=1e-3),
+    lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.2, total_iters=8),
+], ids=["StepLR", "CosineAnnealingLR", "LinearLR"])
+def test_from_torch_with_a_scheduler(make_scheduler):
+    """from_torch(optimizer, paths, scheduler): each group's optimjax schedule from its initial lr, on torch's
+    trajectory with the scheduler stepped after every step (30 steps, past CosineAnnealingLR's T_max)."""
+    problem = Problem(seed=24, steps=30)
+    params = torch_params(problem.params0)
+    optimizer = make_two_groups(params)
+    scheduler = make_scheduler(optimizer)
+    tx = port.from_torch(optimizer, PATHS, scheduler)
+    reference = run_torch(problem, optimizer, params, scheduler=scheduler)
+    ours, _ = run_optimjax(problem, tx)
+    assert problem.relative_error(ours, reference) < F32_TOL
+
+
+def test_from_torch_refuses_a_scheduler_it_cannot_read():
+    problem = Problem(seed=25, steps=2)
+    optimizer = make_two_groups(torch_params(problem.params0))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+    with pytest.raises(NotImplementedError, match=r"scheduler=OneCycleLR is not supported"):
+        port.from_torch(optimizer, PATHS, scheduler)
