@@ -159,3 +159,13 @@ def test_fused_falls_back_for_complex_with_the_reason():
         warnings.simplefilter("error")
         updates, _ = plain.update(g, plain.init(p), p)
     np.testing.assert_array_equal(new_p, optax.apply_updates(p, updates))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in ("adam_wd", "rmsprop_centered_momentum_wd")],
+                         ids=lambda c: c.id)
+def test_complex_maximize_matches_torch(case):
+    """torch negates the complex gradient before viewing it as real; so does `maximize=True` here."""
+    problem = ComplexProblem(seed=7, steps=10)
+    err = problem.relative_error(problem.run_optimjax(case.optimjax(maximize=True)),
+                                 problem.run_torch(lambda params: case.torch(params, maximize=True)))
+    assert err < F32_TOL, f"{case.id}: {err:.2e} from torch with maximize=True"
