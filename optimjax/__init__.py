@@ -30,5 +30,18 @@ from optimjax.sgd import scale_by_nesterov_momentum as scale_by_nesterov_momentu
 from optimjax.sgd import sgd as sgd
 from optimjax.weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
 from optimjax.weight_decay import add_decayed_weights as add_decayed_weights
+from optimjax.adamax import ScaleByAdamaxState as ScaleByAdamaxState
+from optimjax.adamax import adamax as adamax
+from optimjax.adamax import scale_by_adamax as scale_by_adamax
+from optimjax.asgd import ScaleByAsgdState as ScaleByAsgdState
+from optimjax.asgd import asgd as asgd
+from optimjax.asgd import asgd_averaged_params as asgd_averaged_params
+from optimjax.asgd import scale_by_asgd as scale_by_asgd
+from optimjax.radam import ScaleByRadamState as ScaleByRadamState
+from optimjax.radam import radam as radam
+from optimjax.radam import scale_by_radam as scale_by_radam
+from optimjax.rprop import ScaleByRpropState as ScaleByRpropState
+from optimjax.rprop import rprop as rprop
+from optimjax.rprop import scale_by_rprop as scale_by_rprop
 
 __version__ = "0.1.0"

@@ -86,6 +86,21 @@ CASES = [
     Case("adadelta", oj.adadelta, dict(learning_rate=1.0), T.Adadelta, dict(lr=1.0)),
     Case("adadelta_wd", oj.adadelta, dict(learning_rate=0.5, rho=0.8, eps=1e-5, weight_decay=0.1), T.Adadelta,
          dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.1)),
+    Case("radam", oj.radam, dict(learning_rate=1e-2), T.RAdam, dict(lr=1e-2)),
+    Case("radam_wd_eps_maximize", oj.radam,
+         dict(learning_rate=1e-2, b1=0.8, b2=0.99, eps=1e-3, weight_decay=0.1, maximize=True),
+         T.RAdam, dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.1, maximize=True)),
+    Case("radam_decoupled_wd", oj.radam, dict(learning_rate=1e-2, weight_decay=0.1, decoupled_weight_decay=True),
+         T.RAdam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+    Case("adamax", oj.adamax, dict(learning_rate=2e-2), T.Adamax, dict(lr=2e-2)),
+    Case("adamax_wd", oj.adamax, dict(learning_rate=2e-2, b1=0.8, b2=0.95, eps=1e-3, weight_decay=0.1), T.Adamax,
+         dict(lr=2e-2, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1)),
+    Case("asgd_averaging_wd", oj.asgd, dict(learning_rate=0.05, lambd=0.05, alpha=0.6, t0=20.0, weight_decay=0.05),
+         T.ASGD, dict(lr=0.05, lambd=0.05, alpha=0.6, t0=20.0, weight_decay=0.05)),
+    Case("rprop", oj.rprop, dict(learning_rate=1e-2), T.Rprop, dict(lr=1e-2)),
+    Case("rprop_etas_step_sizes_maximize", oj.rprop,
+         dict(learning_rate=2e-2, etas=(0.3, 1.5), step_sizes=(5e-3, 0.1), maximize=True), T.Rprop,
+         dict(lr=2e-2, etas=(0.3, 1.5), step_sizes=(5e-3, 0.1), maximize=True)),
 ]
 CASE_IDS = [c.id for c in CASES]
 
