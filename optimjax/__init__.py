@@ -14,6 +14,10 @@ from optimjax.adam import scale_by_adam as scale_by_adam
 from optimjax import fused as fused
 from optimjax.learning_rate import ScaleByLearningRateState as ScaleByLearningRateState
 from optimjax.learning_rate import scale_by_learning_rate as scale_by_learning_rate
+from optimjax.muon import ScaleByMuonState as ScaleByMuonState
+from optimjax.muon import muon as muon
+from optimjax.muon import orthogonalize as orthogonalize
+from optimjax.muon import scale_by_muon as scale_by_muon
 from optimjax.nadam import ScaleByNadamState as ScaleByNadamState
 from optimjax.nadam import momentum_schedule as momentum_schedule
 from optimjax.nadam import nadam as nadam
@@ -30,6 +34,9 @@ from optimjax.sgd import scale_by_nesterov_momentum as scale_by_nesterov_momentu
 from optimjax.sgd import sgd as sgd
 from optimjax.weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
 from optimjax.weight_decay import add_decayed_weights as add_decayed_weights
+from optimjax.adafactor import ScaleByAdafactorState as ScaleByAdafactorState
+from optimjax.adafactor import adafactor as adafactor
+from optimjax.adafactor import scale_by_adafactor as scale_by_adafactor
 from optimjax.adamax import ScaleByAdamaxState as ScaleByAdamaxState
 from optimjax.adamax import adamax as adamax
 from optimjax.adamax import scale_by_adamax as scale_by_adamax
