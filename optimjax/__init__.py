@@ -12,6 +12,9 @@ from optimjax.adam import adamw as adamw
 from optimjax.adam import amsgrad as amsgrad
 from optimjax.adam import scale_by_adam as scale_by_adam
 from optimjax import fused as fused
+from optimjax.lbfgs import Lbfgs as Lbfgs
+from optimjax.lbfgs import LbfgsState as LbfgsState
+from optimjax.lbfgs import lbfgs as lbfgs
 from optimjax.learning_rate import ScaleByLearningRateState as ScaleByLearningRateState
 from optimjax.learning_rate import scale_by_learning_rate as scale_by_learning_rate
 from optimjax.muon import ScaleByMuonState as ScaleByMuonState
