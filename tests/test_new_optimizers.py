@@ -241,3 +241,20 @@ BAD = [
 def test_bad_hyperparameters_raise_naming_the_argument(factory, kwargs, name):
     with pytest.raises(ValueError, match=name):
         factory(**kwargs)
+
+
+def test_readme_muon_partition_example_runs():
+    """The README's Muon + AdamW partition (a ```py block, so that test_readme's numbering of its ```python blocks
+    is unchanged): the matrix gets Muon's orthogonalized step, the bias AdamW's."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    (code,) = re.findall(r"```py\n(.*?)```", readme, re.S)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    state, updates = scope["state"], scope["updates"]
+    assert set(state.inner_states) == {"muon", "adamw"}
+    # AdamW's first step is -lr * sign(g) (+ decay on 0); Muon's moves every entry of the all-ones matrix.
+    np.testing.assert_allclose(updates["bias"], -3e-4 * np.ones(4), rtol=1e-5)
+    assert np.all(np.asarray(updates["kernel"]) != 0)
