@@ -32,8 +32,9 @@ class ScaleByAdamState(NamedTuple):
 
 
 def adam_scalars(b1: float, b2: float, t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Adam's per-step scalars at step t: 1 / (1 - b1**t), 1 - b2**t and sqrt(1 - b2**t) (computed once per step,
-    shared by `scale_by_adam` and the fused kernel of `optimjax.fused`)."""
+    r"""Adam's per-step scalars at step t: `1 / (1 - b1**t)`, `1 - b2**t` and `sqrt(1 - b2**t)`, i.e.
+    $1/(1-\beta_1^t)$, $1-\beta_2^t$ and $\sqrt{1-\beta_2^t}$ (computed once per step, shared by `scale_by_adam`
+    and the fused kernel of `optimjax.fused`)."""
     bc2 = bias_correction(b2, t)
     return 1 / bias_correction(b1, t), bc2, jnp.sqrt(bc2)
 
