@@ -89,11 +89,11 @@ def scale_by_adafactor(
 
     def init_fn(params):
         def slots(p):  # (row_var, col_var, variance) of one leaf; unused slots are 0-d zeros
-            none = jnp.zeros([], p.dtype)
-            if is_factored(p):
-                return (jnp.zeros((*p.shape[:-1], 1), p.dtype), jnp.zeros((*p.shape[:-2], 1, p.shape[-1]), p.dtype),
-                        none)
-            return none, none, placed_like(jnp.zeros_like(p), p)
+            zeros = placed_like(jnp.zeros_like(p), p)
+            none = zeros if p.ndim == 0 else jnp.zeros([], p.dtype)
+            if is_factored(p):  # sums of zeros sharded like p: under jit, sharded like p on the dims they keep
+                return jnp.sum(zeros, axis=-1, keepdims=True), jnp.sum(zeros, axis=-2, keepdims=True), none
+            return none, none, zeros
 
         out = jax.tree.map(slots, params)
         pick = lambda i: jax.tree.map(lambda _, o: o[i], params, out)  # noqa: E731
@@ -112,7 +112,7 @@ def scale_by_adafactor(
 
         def rms(x):  # ||x||_2 / sqrt(numel), accumulated in float32 at least
             x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-            return jnp.linalg.norm(x.reshape(-1)) / np.sqrt(max(x.size, 1))
+            return jnp.sqrt(jnp.sum(jnp.square(x))) / np.sqrt(max(x.size, 1))
 
         def step(g, p, r, c, v):
             e1 = float(jnp.finfo(g.dtype).eps) if eps1 is None else eps1

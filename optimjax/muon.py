@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimjax._checks import check_beta, check_learning_rate, check_range
+from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value
 from optimjax._maximize import maybe_maximize
 from optimjax._tree import check_tree, lerp, like, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
@@ -53,11 +53,13 @@ def orthogonalize(
     def matmul(p, q):
         return jnp.matmul(p, q, preferred_element_type=accumulate)
 
-    for _ in range(ns_steps):
+    def iteration(_, x):
         gram = matmul(x, x.T).astype(ns_dtype)
         update = (like(b, gram.astype(accumulate)) * gram.astype(accumulate)
                   + like(c, gram.astype(accumulate)) * matmul(gram, gram)).astype(ns_dtype)
-        x = (like(a, x.astype(accumulate)) * x.astype(accumulate) + matmul(update, x)).astype(ns_dtype)
+        return (like(a, x.astype(accumulate)) * x.astype(accumulate) + matmul(update, x)).astype(ns_dtype)
+
+    x = jax.lax.fori_loop(0, ns_steps, iteration, x)  # ns_steps may be traced (inject_hyperparams)
     return x.T if tall else x
 
 
@@ -116,7 +118,8 @@ def scale_by_muon(
     where = "scale_by_muon"
     check_beta(where, "momentum", momentum)
     check_range(where, "eps", eps)
-    if not isinstance(ns_steps, int) or not 0 <= ns_steps < 100:
+    steps = concrete_value(ns_steps) if not isinstance(ns_steps, bool) else 0.5
+    if steps is not None and (steps != int(steps) or not 0 <= steps < 100):
         raise ValueError(f"{where}: ns_steps must be an int in [0, 100), got {ns_steps!r}")
     if not isinstance(ns_coefficients, (tuple, list)) or len(ns_coefficients) != 3:
         raise ValueError(f"{where}: ns_coefficients must be three numbers (a, b, c), got {ns_coefficients!r}")

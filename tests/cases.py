@@ -47,12 +47,16 @@ def float64():
         torch.set_default_dtype(default)
 
 
-def muon_and_adamw(learning_rate, **muon_kwargs):
+def muon_and_adamw(learning_rate=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                   ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
+                   ns_dtype=jnp.bfloat16):
     """optimjax.muon on the matrices and optimjax.adamw (same learning rate) on every other leaf: the partition
-    the README shows, and the way the table's problem (with 0-d, 1-D and 3-D leaves) can run Muon at all."""
+    the README shows, and the way the table's problem (with 0-d, 1-D and 3-D leaves) can run Muon at all. (Named
+    arguments, not **kwargs, so that optax.inject_hyperparams can read them.)"""
     labels = lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", params)  # noqa: E731
-    return optax.partition({"muon": oj.muon(learning_rate, **muon_kwargs), "adamw": oj.adamw(learning_rate)},
-                           labels)
+    muon = oj.muon(learning_rate, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn,
+                   ns_dtype)
+    return optax.partition({"muon": muon, "adamw": oj.adamw(learning_rate)}, labels)
 
 
 def newton_schulz_in_grad_dtype(grad, ns_coefficients, ns_steps, eps):

@@ -202,6 +202,16 @@ def test_muon_refuses_a_non_matrix_leaf_naming_it(shape):
         oj.muon().init(params)
 
 
+def test_muon_mismatched_gradient_tree_gets_a_clear_error():
+    tx = oj.muon()
+    params = {"w": jnp.ones((4, 3)), "v": jnp.ones((2, 2))}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match="tree structure does not match"):
+        tx.update({"w": jnp.ones((4, 3))}, state, params)
+    with pytest.raises(ValueError, match=r"shape \(1, 3\) at \['w'\]"):
+        tx.update({"w": jnp.ones((1, 3)), "v": jnp.ones((2, 2))}, state, params)
+
+
 def test_orthogonalize_gives_near_orthogonal_rows():
     """In float64, many steps of the quintic leave singular values in torch's documented (0.5, 1.5) band and
     the singular vectors of the input (numpy's SVD as the reference)."""
