@@ -5,6 +5,8 @@ Each optimjax optimizer or transform called with its defaults follows torch's op
 (or, where optimjax documents its own default, torch with that value spelled out), in float64 over a short run.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -71,3 +73,15 @@ def _single_tensor(make, params):
     for group in optimizer.param_groups:
         group["foreach"] = False
     return optimizer
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "amsgrad", "nadam", "nadamw"])
+def test_storage_dtypes_reach_the_state(name):
+    """mu_dtype and nu_dtype, given separately, are the dtypes of the moments the alias's state holds."""
+    params = {"w": jnp.zeros((3, 2), jnp.float32)}
+    for mu_dtype, nu_dtype in [(jnp.bfloat16, None), (None, jnp.bfloat16)]:
+        state = getattr(oj, name)(mu_dtype=mu_dtype, nu_dtype=nu_dtype).init(params)
+        inner = next(s for s in jax.tree.leaves(state, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu"))
+        assert inner.mu["w"].dtype == (mu_dtype or jnp.float32)
+        for nu in [inner.nu] + ([inner.nu_max] if getattr(inner, "nu_max", None) is not None else []):
+            assert nu["w"].dtype == (nu_dtype or jnp.float32)
