@@ -83,8 +83,9 @@ MUTANTS = [
            "/ (1 + count * lr_decay)", "/ (1 + (count + 1) * lr_decay)",
            ("tests/test_torch_parity.py::test_float32_matches_torch[adagrad_all_options]",),
            "Adagrad's lr / (1 + t lr_decay) instead of torch's lr / (1 + (t - 1) lr_decay)"),
-    Mutant("fused_nadam_scalars_swapped", "optimjax/fused.py",
-           "return [1 - b1, b2, 1 - b2, a, b, c, eps], fields", "return [1 - b1, b2, 1 - b2, b, a, c, eps], fields",
+    Mutant("fused_nadam_scalars_swapped", "optimjax/nadam.py",
+           "return [1 - b1, b2, 1 - b2, grad_coef, momentum_coef, bc2, eps], fields",
+           "return [1 - b1, b2, 1 - b2, momentum_coef, grad_coef, bc2, eps], fields",
            ("tests/test_fused.py::test_float32_matches_torch[nadam]",),
            "the fused NAdam's gradient and momentum coefficients swapped"),
     # --- the C++ kernel, one per family ------------------------------------------------------------------------------

@@ -58,3 +58,15 @@ def is_zero(value: Any) -> bool:
     structure of the chain does not depend on a value that may change between steps.
     """
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+
+
+def check_int(where: str, name: str, value: Any, low: int = 0) -> None:
+    """Raise ValueError unless `value` is a Python integer (not a bool) >= `low`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{where}: {name} must be an integer >= {low}, got {value!r}")
+
+
+def check_choice(where: str, name: str, value: Any, choices: tuple) -> None:
+    """Raise ValueError unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{where}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")

@@ -110,21 +110,24 @@ def next_count(count: jax.Array) -> tuple[jax.Array, jax.Array]:
     return count, count.astype(scalar_dtype())
 
 
-def check_tree(where: str, updates: Any, reference: Any, reference_name: str = "the state made by init()") -> None:
+def check_tree(where: str, updates: Any, reference: Any, reference_name: str = "the state made by init()",
+               what: str = "gradient", call: str = "update()") -> None:
     """Raise ValueError if `updates` do not have the tree structure and leaf shapes of `reference` (the state).
+
+    `what` names the checked leaves in the message (a gradient, a param) and `call` the function that got them.
 
     Runs at trace time (shapes are static), so a mismatch is reported before XLA sees it, never broadcast away.
     """
     got, want = jax.tree.structure(updates), jax.tree.structure(reference)
     if got != want:
         raise ValueError(
-            f"{where}: update() got gradients whose tree structure does not match {reference_name}. "
-            f"Gradients: {got}; expected: {want}."
+            f"{where}: {call} got {what}s whose tree structure does not match {reference_name}. "
+            f"{what.capitalize()}s: {got}; expected: {want}."
         )
     for path_and_g, r in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(reference)):
         path, g = path_and_g
         if jnp.shape(g) != jnp.shape(r):
             raise ValueError(
-                f"{where}: update() got a gradient of shape {jnp.shape(g)} at {jax.tree_util.keystr(path)}, "
+                f"{where}: {call} got a {what} of shape {jnp.shape(g)} at {jax.tree_util.keystr(path)}, "
                 f"but {reference_name} has shape {jnp.shape(r)} there."
             )
