@@ -90,7 +90,8 @@ MUTANTS = [
            "the fused NAdam's gradient and momentum coefficients swapped"),
     # --- the C++ kernel, one per family ------------------------------------------------------------------------------
     Mutant("kernel_adam_lerp_one_form", "optimjax/_kernels/fused_step.cc",
-           "m = kFlag0 ? g - (g - m) * (T(1) - w1) : m + w1 * (g - m);", "m = m + w1 * (g - m);",
+           "cc = c[5], eps = c[6];\n      T m = s0[i];\n      m = kFlag0 ? g - (g - m) * (T(1) - w1) : m + w1 * (g - m);",
+           "cc = c[5], eps = c[6];\n      T m = s0[i];\n      m = m + w1 * (g - m);",
            (ONE_STEP + "[adam-learning_rate=0.03-b2=0.99-eps=1e-06-b1=0.3-weight_decay=0.0]",),
            "the kernel's lerp always in its start-anchored form: rounding only, seen by the bit-for-bit step",
            smoke=True),
