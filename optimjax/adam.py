@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
+from optimjax._checks import check_dtype, check_flag, named_optimizer
 from optimjax._tree import bias_correction, check_tree, like, moments, next_count, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
@@ -75,6 +76,9 @@ def scale_by_adam(
     check_beta(where, "b2", b2)
     check_range(where, "eps", eps)
     check_range(where, "eps_root", eps_root)
+    check_flag(where, "amsgrad", amsgrad)
+    check_dtype(where, "mu_dtype", mu_dtype)
+    check_dtype(where, "nu_dtype", nu_dtype)
 
     def init_fn(params):
         nu = zeros_like(params, nu_dtype)
@@ -111,6 +115,7 @@ def scale_by_adam(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+@named_optimizer
 def adam(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -139,6 +144,7 @@ def adam(
     )
 
 
+@named_optimizer
 def amsgrad(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -159,6 +165,7 @@ def amsgrad(
     return adam(learning_rate, b1, b2, eps, 0.0, weight_decay, True, mu_dtype, nu_dtype)
 
 
+@named_optimizer
 def adamw(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     b1: float = 0.9,

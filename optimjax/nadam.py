@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range
+from optimjax._checks import check_dtype, named_optimizer
 from optimjax._tree import bias_correction, check_tree, like, moments, next_count, power, scalar_dtype
 from optimjax._tree import zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
@@ -101,6 +102,8 @@ def scale_by_nadam(
     check_beta(where, "b2", b2)
     check_range(where, "eps", eps)
     check_range(where, "momentum_decay", momentum_decay)
+    check_dtype(where, "mu_dtype", mu_dtype)
+    check_dtype(where, "nu_dtype", nu_dtype)
 
     def init_fn(params):
         return ScaleByNadamState(
@@ -133,6 +136,7 @@ def scale_by_nadam(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+@named_optimizer
 def nadam(
     learning_rate: optax.ScalarOrSchedule = 2e-3,
     b1: float = 0.9,
@@ -159,6 +163,7 @@ def nadam(
     )
 
 
+@named_optimizer
 def nadamw(
     learning_rate: optax.ScalarOrSchedule = 2e-3,
     b1: float = 0.9,
