@@ -4,8 +4,8 @@
     python -m bench.compile --optimizers all --leaves 1000 --repeats 5
 
 The step is the one `python -m bench.step` times, `jit(update + apply_updates)` with params and state donated,
-and where optimjax.fused has the optimizer (`Contender.fused`) also `jit(optimjax.fused.<name>(...).step)`, which
-compiles to one custom call over every leaf (its C++ kernel is built, or loaded from its cache, before any timing).
+and where the optimizer has a one-pass kernel (`Contender.fused`) also `jit(optimjax.fused.of(optimizer).step)`,
+which compiles to one custom call over every leaf (its C++ kernel is built, or loaded from its cache, before any timing).
 Tracing and lowering (`jax.jit(step).lower(...)`, Python and JAX) and XLA's compilation (`.compile()`) are timed
 separately, on abstract arguments (no arrays are allocated), with a fresh `jax.jit` each time so that nothing is
 reused from a cache. One untimed compilation per tree size comes first (the first one of a size is slower);

@@ -21,6 +21,7 @@ import optax
 
 import optimjax
 import optimjax.fused
+from optimjax._kernels import Kernel, kernel_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,8 +36,6 @@ class Contender:
       optimjax, optax: factories of the GradientTransformation.
       torch_class, torch_kwargs: the torch optimizer is `getattr(torch.optim, torch_class)(params, **torch_kwargs)`.
       optax_differs: how optax's method differs from torch's (and optimjax's), "" when it is the same method.
-      fused: factory of the `optimjax.fused` optimizer with the hyperparameters of `optimjax` (keyword options
-        such as flat_state=True are passed on), None where optimjax.fused has no such optimizer.
     """
 
     name: str
@@ -46,7 +45,14 @@ class Contender:
     torch_class: str
     torch_kwargs: dict[str, Any]
     optax_differs: str = ""
-    fused: Callable[..., optimjax.fused.FusedOptimizer] | None = None
+
+    @property
+    def fused(self) -> Callable[..., optimjax.fused.FusedOptimizer] | None:
+        """Factory of `optimjax.fused.of(optimjax())` (keyword options such as flat_state=True are passed on), None
+        where the optimjax optimizer has no one-pass kernel."""
+        if not isinstance(kernel_of(self.optimjax()), Kernel):
+            return None
+        return lambda **options: optimjax.fused.of(self.optimjax(), **options)
 
     def floor_bytes(self, itemsize: int) -> int:
         """Bytes an ideal step moves per parameter: read params, grads and state once, write params and state."""
@@ -61,21 +67,18 @@ CONTENDERS: dict[str, Contender] = {
             lambda: optimjax.nesterov(1e-2, momentum=0.9),
             lambda: optax.sgd(1e-2, momentum=0.9, nesterov=True),
             "SGD", dict(lr=1e-2, momentum=0.9, nesterov=True),
-            fused=lambda **options: optimjax.fused.nesterov(1e-2, momentum=0.9, **options),
         ),
         Contender(
             "adam", 2,
             lambda: optimjax.adam(1e-3),
             lambda: optax.adam(1e-3),
             "Adam", dict(lr=1e-3),
-            fused=lambda **options: optimjax.fused.adam(1e-3, **options),
         ),
         Contender(
             "adamw", 2,
             lambda: optimjax.adamw(1e-3, weight_decay=1e-2),
             lambda: optax.adamw(1e-3, weight_decay=1e-2),
             "AdamW", dict(lr=1e-3, weight_decay=1e-2),
-            fused=lambda **options: optimjax.fused.adamw(1e-3, weight_decay=1e-2, **options),
         ),
         Contender(
             "nadam", 2,
@@ -83,7 +86,6 @@ CONTENDERS: dict[str, Contender] = {
             lambda: optax.nadam(2e-3),
             "NAdam", dict(lr=2e-3),
             "optax.nadam has a constant momentum b1, no momentum schedule",
-            fused=lambda **options: optimjax.fused.nadam(2e-3, **options),
         ),
         Contender(
             "nadamw", 2,
@@ -91,14 +93,12 @@ CONTENDERS: dict[str, Contender] = {
             lambda: optax.nadamw(2e-3, weight_decay=1e-2),
             "NAdam", dict(lr=2e-3, weight_decay=1e-2, decoupled_weight_decay=True),
             "optax.nadamw has a constant momentum b1, no momentum schedule",
-            fused=lambda **options: optimjax.fused.nadamw(2e-3, weight_decay=1e-2, **options),
         ),
         Contender(
             "rmsprop", 1,
             lambda: optimjax.rmsprop(1e-2),
             lambda: optax.rmsprop(1e-2, decay=0.99, eps=1e-8, eps_in_sqrt=False),
             "RMSprop", dict(lr=1e-2),
-            fused=lambda **options: optimjax.fused.rmsprop(1e-2, **options),
         ),
         Contender(
             "adagrad", 1,
@@ -106,7 +106,6 @@ CONTENDERS: dict[str, Contender] = {
             lambda: optax.adagrad(1e-2, initial_accumulator_value=0.0, eps=1e-10),
             "Adagrad", dict(lr=1e-2),
             "optax.adagrad puts eps inside the sqrt",
-            fused=lambda **options: optimjax.fused.adagrad(1e-2, **options),
         ),
     ]
 }

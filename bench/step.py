@@ -9,8 +9,8 @@ run as `x <- x * c` in place over a 256 MiB buffer on all cores.
 
 How it times (see bench/README.md):
 - A JAX step is `jit(update + apply_updates)` with params and state donated, compiled before timing; each
-  implementation owns its buffers. Where optimjax.fused has the optimizer (`Contender.fused`), "optimjax fused"
-  (`fused` in the table) is `jit(optimjax.fused.<name>(...).step)`: one C++ custom call over every leaf on CPU.
+  implementation owns its buffers. Where the optimizer has a one-pass kernel (`Contender.fused`), "optimjax fused"
+  (`fused` in the table) is `jit(optimjax.fused.of(optimizer).step)`: one C++ custom call over every leaf on CPU.
   torch.optim runs `step()` on tensors whose `.grad` holds the same gradients, with `foreach=True` and with
   `fused=True` where torch has a fused kernel ("torch fused").
 - Implementations take turns, one step each, rotating which goes first, so that drift hits all alike. optax's

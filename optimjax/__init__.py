@@ -11,6 +11,10 @@ from optimjax.adam import adam as adam
 from optimjax.adam import adamw as adamw
 from optimjax.adam import amsgrad as amsgrad
 from optimjax.adam import scale_by_adam as scale_by_adam
+from optimjax.clipping import ClipGradNormState as ClipGradNormState
+from optimjax.clipping import clip_grad_norm as clip_grad_norm
+from optimjax.clipping import clip_grad_value as clip_grad_value
+from optimjax.clipping import total_grad_norm as total_grad_norm
 from optimjax import fused as fused
 from optimjax.learning_rate import ScaleByLearningRateState as ScaleByLearningRateState
 from optimjax.learning_rate import scale_by_learning_rate as scale_by_learning_rate
@@ -19,6 +23,9 @@ from optimjax.nadam import momentum_schedule as momentum_schedule
 from optimjax.nadam import nadam as nadam
 from optimjax.nadam import nadamw as nadamw
 from optimjax.nadam import scale_by_nadam as scale_by_nadam
+from optimjax.plateau import ReduceLROnPlateauState as ReduceLROnPlateauState
+from optimjax.plateau import reduce_lr_on_plateau as reduce_lr_on_plateau
+from optimjax import schedules as schedules
 from optimjax.rmsprop import ScaleByRmsState as ScaleByRmsState
 from optimjax.rmsprop import rmsprop as rmsprop
 from optimjax.rmsprop import scale_by_rms as scale_by_rms

@@ -168,15 +168,18 @@ def named_optimizer(factory: Callable[..., optax.GradientTransformation]) -> Cal
     - gradients whose tree differs from the params or the state raise `TreeMismatchError` (a ValueError) naming
       this optimizer and the first differing key path.
 
-    The state and the signature are those of `factory`'s transformation (`optax.inject_hyperparams` reads the
+    An optimizer that returns another's (`momentum`, `nesterov` and `amsgrad` return `sgd`'s and `adam`'s) keeps
+    that one's name. The state and the signature are those of `factory`'s transformation (`optax.inject_hyperparams` reads the
     signature through `functools.wraps`). The expected state's containers come from `jax.eval_shape(init, grads)`,
     once per gradient tree structure.
     """
     name = factory.__name__
 
     @functools.wraps(factory)
-    def build(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    def build(*args: Any, **kwargs: Any) -> optax.GradientTransformation:
         tx = factory(*args, **kwargs)
+        if getattr(tx.update, "optimjax_name", None):  # `momentum` returns `sgd(...)`: already named, kept as is
+            return tx  # (the same update function: `optimjax.fused` finds its kernel by it)
         expected: dict[Any, Any] = {}
 
         def expected_skeleton(updates: Any) -> Any:
@@ -203,6 +206,19 @@ def named_optimizer(factory: Callable[..., optax.GradientTransformation]) -> Cal
                     raise
                 raise TreeMismatchError(name, err.detail) from None
 
+        update_fn.optimjax_name = name
         return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
     return build
+
+
+def check_int(where: str, name: str, value: Any, low: int = 0) -> None:
+    """Raise ValueError unless `value` is a Python integer (not a bool) >= `low`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{where}: {name} must be an integer >= {low}, got {value!r}")
+
+
+def check_choice(where: str, name: str, value: Any, choices: tuple) -> None:
+    """Raise ValueError unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{where}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")

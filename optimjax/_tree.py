@@ -140,22 +140,25 @@ def first_difference(got: Any, want: Any) -> str:
             f"{jax.tree.structure(got)} instead of {jax.tree.structure(want)}")
 
 
-def check_tree(where: str, updates: Any, reference: Any, reference_name: str = "the state made by init()") -> None:
+def check_tree(where: str, updates: Any, reference: Any, reference_name: str = "the state made by init()",
+               what: str = "gradient", call: str = "update()") -> None:
     """Raise TreeMismatchError (a ValueError) if `updates` do not have the tree structure and leaf shapes of
     `reference` (the state), naming the first key path where they differ.
+
+    `what` names the checked leaves in the message (a gradient, a param) and `call` the function that got them.
 
     Runs at trace time (shapes are static), so a mismatch is reported before XLA sees it, never broadcast away.
     """
     difference = first_difference(updates, reference)
     if difference:
         raise TreeMismatchError(
-            where, f"update() got gradients whose tree structure does not match {reference_name}: they have "
+            where, f"{call} got {what}s whose tree structure does not match {reference_name}: they have "
                    f"{difference}."
         )
     for path_and_g, r in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(reference)):
         path, g = path_and_g
         if jnp.shape(g) != jnp.shape(r):
             raise TreeMismatchError(
-                where, f"update() got a gradient of shape {jnp.shape(g)} at {jax.tree_util.keystr(path)}, "
+                where, f"{call} got a {what} of shape {jnp.shape(g)} at {jax.tree_util.keystr(path)}, "
                        f"but {reference_name} has shape {jnp.shape(r)} there."
             )

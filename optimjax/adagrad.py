@@ -10,6 +10,7 @@ import optax
 
 from optimjax._checks import check_learning_rate, check_range, is_zero
 from optimjax._checks import named_optimizer
+from optimjax._kernels import ADAGRAD, Kernel, fused_kernel
 from optimjax._tree import check_tree, full_like, like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
@@ -50,6 +51,13 @@ def scale_by_adagrad(eps: float = 1e-10, initial_accumulator_value: float = 0.0)
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _adagrad_kernel(learning_rate, lr_decay, weight_decay, eps, maximize=False, **_) -> Kernel:
+    """The one-pass kernel of `adagrad` (coupled decay): the sum of squares; lr_decay is in the learning rate."""
+    return Kernel("adagrad", ADAGRAD, ScaleByAdagradState, ("sum_of_squares",), lambda state: ([0.0, 0.0, eps], {}),
+                  decayed_learning_rate(learning_rate, lr_decay), weight_decay, maximize=maximize)
+
+
+@fused_kernel(_adagrad_kernel)
 @named_optimizer
 def adagrad(
     learning_rate: optax.ScalarOrSchedule = 1e-2,

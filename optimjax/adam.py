@@ -10,6 +10,7 @@ import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
 from optimjax._checks import check_dtype, check_flag, named_optimizer
+from optimjax._kernels import ADAM, Kernel, fused_kernel
 from optimjax._tree import bias_correction, check_tree, like, moments, next_count, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
@@ -115,6 +116,30 @@ def scale_by_adam(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _adam_kernel(name: str, coupled: bool) -> Callable[..., Kernel | str]:
+    """The one-pass kernel of `adam` (coupled decay) or `adamw` (decoupled): m, v and `adam_scalars` per step."""
+
+    def describe(learning_rate, b1, b2, eps, eps_root, weight_decay, amsgrad, mask=None, maximize=False, **_):
+        if amsgrad:
+            return f"{name}(amsgrad=True): the kernel keeps no running maximum of v"
+        if not is_zero(eps_root):
+            return f"{name}(eps_root={eps_root!r}): the kernel has no eps_root"
+        if mask is not None:
+            return f"{name}(mask=...): the kernel decays every leaf"
+
+        def coefficients(state):  # fused_step.cc: w1 = 1 - b1, b2, 1 - b2, 1 / (1 - b1**t), sqrt(1 - b2**t), -, eps
+            count, t = next_count(state.count)
+            inv_bc1, _, bc2_sqrt = adam_scalars(b1, b2, t)
+            return [1 - b1, b2, 1 - b2, inv_bc1, bc2_sqrt, 0.0, eps], {"count": count}
+
+        lerp_second_form = bool(abs(1 - b1) >= 0.5)  # torch.lerp's formula for a weight >= 0.5
+        return Kernel(name, ADAM, ScaleByAdamState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
+                      coupled, (lerp_second_form, False), maximize)
+
+    return describe
+
+
+@fused_kernel(_adam_kernel("adam", coupled=True))
 @named_optimizer
 def adam(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
@@ -165,6 +190,7 @@ def amsgrad(
     return adam(learning_rate, b1, b2, eps, 0.0, weight_decay, True, mu_dtype, nu_dtype)
 
 
+@fused_kernel(_adam_kernel("adamw", coupled=False))
 @named_optimizer
 def adamw(
     learning_rate: optax.ScalarOrSchedule = 1e-3,

@@ -5,16 +5,22 @@ applied by `optax.apply_updates`, and XLA's CPU backend compiles the pair into a
 the parameters), 40 bytes moved per fp32 parameter. The floor is 28 (read p, g, m, v; write p, m, v), which
 torch's `fused=True` reaches with hand-written kernels. `optimjax.fused` does the same: a small C++ kernel,
 called through XLA's FFI, updates the parameters and the state of every leaf in one pass, in place (the outputs
-alias the inputs), on all the cores of XLA's CPU thread pool, in one call per 32 leaves.
-For `adam`, `adamw`, `nadam`, `nadamw`, `sgd` / `momentum` / `nesterov`, `rmsprop` (plain) and `adagrad`:
+alias the inputs), on all the cores of XLA's CPU thread pool, in one call per 32 leaves. `of` takes the optimjax
+optimizer itself; the kernel runs `adam`, `adamw`, `nadam`, `nadamw`, `sgd` / `momentum` / `nesterov`, `rmsprop`
+(plain) and `adagrad`, with their hyperparameters, schedules and `maximize`:
 
-    opt = optimjax.fused.adamw(learning_rate=1e-3, weight_decay=1e-2)
+    opt = optimjax.fused.of(optimjax.adamw(learning_rate=1e-3, weight_decay=1e-2))
     state = opt.init(params)                       # the state of optimjax.adamw(...), exactly
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def train_step(params, state, batch):
         grads = jax.grad(loss)(params, batch)
         return opt.step(grads, state, params)      # -> (new params, new state)
+
+Each optimizer family owns its kernel's description (optimjax/_kernels/__init__.py: the kernel family, the state's
+arrays, the per-step coefficients from the transform's own JAX functions, the learning rate and weight decay);
+this module is the generic machinery that builds, caches and calls the kernel. Adding an optimizer touches its own
+file and the kernel. Other transformations, and options the kernel lacks, take the plain path with a warning.
 
 Same numbers: the kernel does the per-element arithmetic written in the transforms' docstrings (torch.optim's
 single-tensor path) operation by operation, in the same order, each operation rounded once (no contraction into
@@ -28,29 +34,41 @@ The price of the pass: `step` takes and returns the parameters, so it is not a `
 not chain (no clipping before it, no `MultiSteps` around it): for those, use `opt.optimizer`, the plain optimjax
 optimizer with the same hyperparameters and the same state, which it can hand over to at any step.
 
-`flat_state=True` (every constructor) keeps each state array as one vector for all the leaves, the state of
+`flat_state=True` keeps each state array as one vector for all the leaves, the state of
 `optax.flatten(plain optimizer)` (which is then `opt.optimizer`): the same numbers, bit for bit, with far fewer
 arrays passed in and out of a jitted step, which is what dominates a step over hundreds of small leaves (AdamW
 at 16M parameters in 512 leaves: bench/README.md). All leaves must then share one dtype.
 
-When the kernel cannot run, `step` falls back to that optimizer (`update` + `apply_updates`, still one jitted
-program): on GPU and TPU (where XLA's own fusion already makes one pass), with more than one device (the kernel
+When the kernel cannot run, `step` is that optimizer's `update` + `apply_updates` (still one jitted program):
+on GPU and TPU (where XLA's own fusion already makes one pass), with more than one device (the kernel
 has no sharding rule), for leaves that are not all float32 or all float64, and when the kernel cannot be built.
 Every fallback but the accelerator one warns once, with the reason; `available()` and `unavailable_reason()` say
 whether the kernel is ready.
 
 The kernel is compiled from `optimjax/_kernels/fused_step.cc` on first use, with the machine's C++ compiler
-(`$CXX`, else `c++`; about 10 s) against the FFI headers that ship inside jaxlib, and cached in
-`$OPTIMJAX_CACHE_DIR` (default `~/.cache/optimjax`). No extra package is needed; `OPTIMJAX_FUSED=0` turns it off.
+(`$CXX`, split as a shell would, e.g. `ccache c++`; else `c++`; about 10 s) against the FFI headers that ship
+inside jaxlib, and cached in `$OPTIMJAX_CACHE_DIR` (default `~/.cache/optimjax`), else, when that directory cannot
+be written or could be written by someone else, in a private directory under the system's temporary directory.
+No extra package is needed; `OPTIMJAX_FUSED=0` turns it off.
+
+The cache loads nothing but what this user's build wrote: a directory is used only if it belongs to the user and
+no one else can write it; the library only if it and the digest its build recorded next to it (`<library>.sha256`)
+are the user's files that no one else can write, and its content has that digest, checked on the very descriptor
+that is then loaded. Anything else (a truncated or replaced file, a file planted by another user) is rebuilt or
+the next location is used, with a warning. A build writes under temporary names and renames them into place,
+under a lock, so that concurrent processes build once and never see half a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
+import shlex
+import stat
 import subprocess
 import sys
 import tempfile
@@ -63,17 +81,8 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import is_zero
-from optimjax._tree import check_tree, next_count
-from optimjax.adagrad import adagrad as _adagrad
-from optimjax.adagrad import decayed_learning_rate
-from optimjax.adam import adam as _adam
-from optimjax.adam import adam_scalars
-from optimjax.adam import adamw as _adamw
-from optimjax.nadam import nadam as _nadam
-from optimjax.nadam import nadam_scalars
-from optimjax.nadam import nadamw as _nadamw
-from optimjax.rmsprop import rmsprop as _rmsprop
-from optimjax.sgd import sgd as _sgd
+from optimjax._kernels import FAMILY_COEFFICIENTS, Kernel, kernel_of
+from optimjax._tree import check_tree
 
 TARGET = "optimjax_fused_step"
 SOURCE = Path(__file__).with_name("_kernels") / "fused_step.cc"
@@ -101,6 +110,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optimjax"
 
 
+def _private_fallback() -> Path:
+    """The cache of last resort: a directory of this user's under the system's temporary directory."""
+    return Path(tempfile.gettempdir()) / f"optimjax-{os.getuid()}"
+
+
+def _compiler() -> list[str]:
+    """`$CXX` split as a shell would (`ccache c++` is a command and an argument), else `c++`."""
+    try:
+        return shlex.split(os.environ.get("CXX", "")) or ["c++"]
+    except ValueError as error:
+        raise RuntimeError(f"$CXX={os.environ['CXX']!r} is not a command line: {error}") from None
+
+
 def _cpu_flags() -> str:
     """The CPU's instruction-set flags (Linux), so that a cache shared by two machines keeps one library each."""
     try:
@@ -110,41 +132,139 @@ def _cpu_flags() -> str:
         return platform.processor()
 
 
-def _build() -> Path:
-    """Compile the kernel (once per source, compiler, flags and jaxlib; cached) and return the library's path."""
+def _library_name() -> str:
+    """The library's file name: a digest of the source, compiler, flags, jaxlib and CPU it is built for."""
     import jaxlib
 
-    compiler = os.environ.get("CXX", "c++")
-    include = jax.ffi.include_dir()
-    source = SOURCE.read_bytes()
-    key = "\0".join([compiler, *CXXFLAGS, jaxlib.__version__, platform.machine(), platform.system(), _cpu_flags()])
-    digest = hashlib.sha256(source + key.encode()).hexdigest()[:16]
-    library = cache_dir() / f"fused_step-{digest}.so"
-    if library.exists():
-        return library
+    key = "\0".join([*_compiler(), *CXXFLAGS, jaxlib.__version__, platform.machine(), platform.system(), _cpu_flags()])
+    return f"fused_step-{hashlib.sha256(SOURCE.read_bytes() + key.encode()).hexdigest()[:16]}.so"
+
+
+def _not_private(path: Path, info: os.stat_result, is_kind: Callable[[int], bool], kind: str) -> str | None:
+    """Why `path` (stat `info`) could have been written by someone else, or None: it is a `kind` of this user's
+    that no other user can write."""
+    if not is_kind(info.st_mode):
+        return f"{path} is not a {kind}"
+    if info.st_uid != os.getuid():
+        return f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.getuid()})"
+    if info.st_mode & 0o022:
+        return f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _open_private(path: Path) -> int:
+    """A read-only descriptor of the regular file `path` (not followed if a link), checked to be this user's and
+    writable by no one else; OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    reason = _not_private(path, os.fstat(fd), stat.S_ISREG, "regular file")
+    if reason:
+        os.close(fd)
+        raise PermissionError(reason)
+    return fd
+
+
+def _open_verified(library: Path) -> int:
+    """A descriptor of `library` if it and its recorded digest (`<library>.sha256`, written after its build) are
+    this user's private files and its content has that digest; OSError saying why not otherwise.
+
+    The digest is computed over the descriptor that is then loaded, so the check and the load see the same file.
+    """
+    fd = _open_private(library.with_name(library.name + ".sha256"))
+    with os.fdopen(fd, "rb") as record:
+        recorded = record.read(100).decode(errors="replace").strip()
+    fd = _open_private(library)
+    digest = hashlib.sha256()
+    with os.fdopen(os.dup(fd), "rb") as content:
+        for block in iter(lambda: content.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != recorded:
+        os.close(fd)
+        raise PermissionError(f"{library} is not the file its build wrote (its digest differs from the recorded one)")
+    return fd
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path, name: str):
+    """Hold an exclusive lock on `directory` for building `name`, so that concurrent processes build it once."""
     try:
-        library.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:  # a read-only home: a private directory under the system's temporary directory
-        library = Path(tempfile.gettempdir()) / f"optimjax-{os.getuid()}" / library.name
-        library.parent.mkdir(mode=0o700, exist_ok=True)
-        owner = library.parent.stat()
-        if owner.st_uid != os.getuid() or owner.st_mode & 0o022:  # never load a library someone else could plant
-            raise RuntimeError(f"{library.parent} is not a private directory of this user")
-        if library.exists():
-            return library
+        import fcntl
+    except ImportError:  # not POSIX: concurrent builds are still safe (atomic renames), merely repeated
+        yield
+        return
+    fd = os.open(directory / f".{name}.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _compile(library: Path) -> None:
+    """Compile the kernel into a temporary name next to `library`, record its digest, then rename both into place
+    (atomic: a concurrent reader sees the old files or the new ones, never half of one)."""
+    compiler = _compiler()
     print(f"optimjax.fused: compiling the CPU kernel into {library.parent} (once per machine, about 10 s)",
           file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        built = Path(tmp) / library.name
-        command = [compiler, *CXXFLAGS, "-isystem", include, "-o", str(built), str(SOURCE)]
+    with tempfile.TemporaryDirectory(dir=library.parent, prefix=".build-") as tmp:
+        built, record = Path(tmp) / library.name, Path(tmp) / "sha256"
+        command = [*compiler, *CXXFLAGS, "-isystem", jax.ffi.include_dir(), "-o", str(built), str(SOURCE)]
         try:
             subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
-        except FileNotFoundError:
-            raise RuntimeError(f"no C++ compiler: `{compiler}` not found (set $CXX)") from None
+        except (FileNotFoundError, PermissionError):
+            raise RuntimeError(f"no C++ compiler: `{shlex.join(compiler)}` cannot be run (set $CXX)") from None
         except subprocess.CalledProcessError as error:
-            raise RuntimeError(f"`{' '.join(command)}` failed:\n{error.stderr[-2000:]}") from None
-        os.replace(built, library)  # atomic: a concurrent process sees no half-written library
-    return library
+            raise RuntimeError(f"`{shlex.join(command)}` failed:\n{error.stderr[-2000:]}") from None
+        os.chmod(built, 0o755)  # whatever the umask: writable by this user only
+        record.write_text(hashlib.sha256(built.read_bytes()).hexdigest() + "\n")
+        os.chmod(record, 0o644)
+        os.replace(built, library)
+        os.replace(record, library.with_name(library.name + ".sha256"))
+
+
+def _library() -> tuple[int, Path]:
+    """A descriptor of the verified kernel library and its path, built first if no cache location holds a valid one.
+
+    Tries `cache_dir()`, then a private directory under the system's temporary directory. A location is used only
+    if the directory is this user's and no one else can write it; a library only if it and its digest file are this
+    user's private files and its content has the recorded digest. Anything else is never loaded: the library is
+    rebuilt (under a lock, into a temporary name renamed into place) or the next location is tried, with a warning.
+    """
+    name, problems = _library_name(), []
+    for directory in dict.fromkeys([cache_dir(), _private_fallback()]):
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            reason = _not_private(directory, directory.stat(), stat.S_ISDIR, "directory")
+            if reason:
+                raise PermissionError(reason)
+            library = directory / name
+            try:
+                return _open_verified(library), library
+            except FileNotFoundError:
+                pass  # not built here yet
+            except OSError as error:
+                warnings.warn(f"optimjax.fused: not loading the cached kernel, rebuilding it: {error}", stacklevel=2)
+            with _build_lock(directory, name):
+                try:
+                    return _open_verified(library), library  # built meanwhile by another process
+                except OSError:
+                    _compile(library)
+                return _open_verified(library), library
+        except OSError as error:  # this location cannot hold the kernel safely: the next one
+            problems.append(f"{directory}: {error}")
+            if directory != _private_fallback():
+                warnings.warn(f"optimjax.fused: not using the cache directory {directory} ({error}); trying "
+                              f"{_private_fallback()}", stacklevel=2)
+    raise RuntimeError("no private cache directory for the kernel: " + "; ".join(problems))
+
+
+def _load_library() -> ctypes.CDLL:
+    """The kernel library, verified (and built if need be) by `_library`, loaded into this process."""
+    fd, path = _library()
+    try:  # load the very file that was verified (Linux), not whatever its path names by now
+        proc = f"/proc/self/fd/{fd}"
+        return ctypes.CDLL(proc if os.path.exists(proc) else str(path))
+    finally:
+        os.close(fd)
 
 
 @functools.cache
@@ -155,7 +275,7 @@ def unavailable_reason() -> str | None:
     if not hasattr(jax, "ffi"):
         return f"jax {jax.__version__} has no jax.ffi (jax >= 0.4.38 has)"
     try:
-        library = ctypes.cdll.LoadLibrary(str(_build()))
+        library = _load_library()
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.OptimjaxFusedStep), platform="cpu")
     except Exception as error:  # noqa: BLE001 - the kernel is an optimization: any failure means the XLA path
         return f"the fused kernel could not be built or loaded: {error}"
@@ -231,237 +351,94 @@ def _hyperparameter(value: Any, state: Any) -> tuple[Any, Any]:
     return value, state
 
 
-# The kernel's families (fused_step.cc, enum Family) and its eight family coefficients per step: a function of the
-# direction transform's state returning them and the new values of that state's non-array fields.
-ADAM, NADAM, MOMENTUM, RMS, ADAGRAD = range(5)
+def _chain_parts(kernel: Kernel, state: Any) -> tuple[int, int, int]:
+    """Where the decay, direction and learning-rate states are in the chain's state (see `Kernel`)."""
+    parts = tuple(state)
+    direction = next(i for i, part in enumerate(parts) if isinstance(part, kernel.state))
+    decay = direction - 1 if kernel.coupled else direction + 1
+    return decay, direction, len(parts) - 1
 
 
-class _Family(NamedTuple):
-    kernel: int
-    arrays: tuple[str, ...]  # the direction state's per-parameter fields, in the kernel's order
-    coefficients: Callable[[Any], tuple[list[Any], dict[str, Any]]]
-    flags: tuple[bool, bool] = (False, False)  # Adam family: torch.lerp's second form; momentum: Nesterov, dampening
+def of(optimizer: optax.GradientTransformation, *, flat_state: bool = False) -> FusedOptimizer:
+    """The fused step of an optimjax optimizer: its update and `optax.apply_updates` in one pass on CPU.
 
+    `optimizer` is the optimizer as its function returns it: `optimjax.adam`, `adamw`, `nadam`, `nadamw`, `sgd`
+    with momentum (`momentum`, `nesterov`), plain `rmsprop` and `adagrad`, with any of their hyperparameters,
+    schedules and `maximize`. Anything else steps with `optimizer.update` and `optax.apply_updates` (one jitted
+    program still), with a warning naming why: another transformation (optax's own, one chained or wrapped by
+    optax), or an option the kernel lacks (AMSGrad, eps_root, a decay mask, centered RMSprop, RMSprop with
+    momentum). Plain SGD falls back silently: without state, XLA already makes one pass.
 
-def _fused(name: str, optimizer: optax.GradientTransformation, family: _Family | None, *, coupled: bool,
-           learning_rate: Any, weight_decay: Any, flat_state: bool) -> FusedOptimizer:
-    """The fused step of `optimizer`: chain(decay, direction, lr) if `coupled`, else chain(direction, decay, lr).
+    Args:
+      optimizer: an `optax.GradientTransformation`, ideally one of the optimjax optimizers above.
+      flat_state: keep each state array as one vector for all the leaves: the state of
+        `optax.flatten(optimizer)`, which is then `.optimizer`. All leaves must share one dtype.
 
-    `family` None: a step without state (SGD without momentum), one pass already in XLA, which runs it.
-    `flat_state`: the state of `optax.flatten(optimizer)`, one vector per state array for all the leaves.
+    Returns:
+      `FusedOptimizer(init, step, optimizer)`: `init(params)` is `optimizer.init(params)` and `step(grads, state,
+      params) -> (params, state)` equals `updates, state = optimizer.update(grads, state, params)` followed by
+      `optax.apply_updates(params, updates)`.
     """
+    if not callable(getattr(optimizer, "init", None)) or not callable(getattr(optimizer, "update", None)):
+        raise TypeError(f"optimjax.fused.of: optimizer must be an optax.GradientTransformation, got {optimizer!r}")
+    if not isinstance(flat_state, bool):
+        raise TypeError(f"optimjax.fused.of: flat_state must be True or False, got {flat_state!r}")
+    kernel = kernel_of(optimizer)
     if flat_state:
         optimizer = optax.flatten(optimizer)
-    decays = not is_zero(weight_decay)
-    flags = family and 8 * family.flags[0] + 4 * family.flags[1] + 2 * (coupled and decays) + (decays and not coupled)
+    if not isinstance(kernel, Kernel):
+        if kernel is None:
+            kernel = ("the optimizer is not one of optimjax's optimizers with a kernel (adam, adamw, nadam, nadamw, "
+                      "sgd with momentum, rmsprop, adagrad) as its function returns it")
+        if kernel:
+            warnings.warn(f"optimjax.fused.of: the XLA path (update, then apply_updates) instead of the fused "
+                          f"kernel: {kernel}", stacklevel=2)
+        return FusedOptimizer(optimizer.init, functools.partial(_plain_step, optimizer), optimizer)
+    name = kernel.name
+    decays = not is_zero(kernel.weight_decay)
+    coupled, decoupled = kernel.coupled and decays, decays and not kernel.coupled
+    flags = 8 * kernel.flags[0] + 4 * kernel.flags[1] + 2 * coupled + decoupled  # fused_step.cc's four flags
 
     def step(grads, state, params):
-        if family is None:
-            reason = ""
+        decay_at, direction_at, lr_at = _chain_parts(kernel, state)
+        inner = state[direction_at]
+        arrays = [getattr(inner, field) for field in kernel.arrays]
+        if flat_state:
+            check_tree(name, grads, params, "the params", call="step()")
+            size = sum(jnp.size(p) for p in jax.tree.leaves(params))
+            if jnp.shape(arrays[0]) != (size,):
+                raise ValueError(f"{name}: flat_state=True expects a state made by init() for params of {size} "
+                                 f"elements, got state arrays of shape {jnp.shape(arrays[0])}.")
         else:
-            decay_state, inner, lr_state = state if coupled else (state[1], state[0], state[2])
-            arrays = [getattr(inner, field) for field in family.arrays]
-            if flat_state:
-                check_tree(name, grads, params, "the params")
-                size = sum(jnp.size(p) for p in jax.tree.leaves(params))
-                if jnp.shape(arrays[0]) != (size,):
-                    raise ValueError(f"{name}: flat_state=True expects a state made by init() for params of {size} "
-                                     f"elements, got state arrays of shape {jnp.shape(arrays[0])}.")
-            else:
-                check_tree(name, grads, arrays[0])
-                check_tree(name, params, arrays[0], "the state's params")
-            reason = _why_not_fused(jax.tree.leaves((params, grads, arrays)))
+            check_tree(name, grads, arrays[0], call="step()")
+            check_tree(name, params, arrays[0], what="param", call="step()")
+        reason = _why_not_fused(jax.tree.leaves((params, grads, arrays)))
         if reason is not None:
             if reason:
-                warnings.warn(f"optimjax.fused.{name}: XLA path instead of the fused kernel: {reason}", stacklevel=2)
-            updates, state = optimizer.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
+                warnings.warn(f"optimjax.fused.of({name}): XLA path instead of the fused kernel: {reason}",
+                              stacklevel=2)
+            return _plain_step(optimizer, grads, state, params)
         if not jax.tree.leaves(params):
             return params, optimizer.update(grads, state, params)[1]
 
-        coefficients, fields = family.coefficients(inner)
-        decay, decay_state = _hyperparameter(weight_decay, decay_state) if decays else (0.0, decay_state)
-        lr, lr_state = _hyperparameter(learning_rate, lr_state)
-        coefficients = [*coefficients, *[0.0] * (8 - len(coefficients)), decay, -lr]  # each cast as `like` does
-        params, *arrays = _fused_update(coefficients, params, grads, arrays, family.kernel, flags, flat_state)
-        inner = inner._replace(**fields, **dict(zip(family.arrays, arrays)))
-        return params, ((decay_state, inner, lr_state) if coupled else (inner, decay_state, lr_state))
+        state = list(state)
+        coefficients, fields = kernel.coefficients(inner)
+        if len(coefficients) > FAMILY_COEFFICIENTS:  # a family's description that fused_step.cc cannot hold
+            raise ValueError(f"{name}: {len(coefficients)} kernel coefficients, at most {FAMILY_COEFFICIENTS}")
+        decay = 0.0
+        if decays:
+            decay, state[decay_at] = _hyperparameter(kernel.weight_decay, state[decay_at])
+        lr, state[lr_at] = _hyperparameter(kernel.learning_rate, state[lr_at])
+        coefficients = [*coefficients, *[0.0] * (FAMILY_COEFFICIENTS - len(coefficients)), decay, -lr,
+                        -1.0 if kernel.maximize else 1.0]  # each cast to the params' dtype, as `like` does
+        params, *arrays = _fused_update(coefficients, params, grads, arrays, kernel.family, flags, flat_state)
+        state[direction_at] = inner._replace(**fields, **dict(zip(kernel.arrays, arrays)))
+        return params, tuple(state)
 
     return FusedOptimizer(optimizer.init, step, optimizer)
 
 
-def _adam_family(b1: float, b2: float, eps: float, momentum_decay: float | None = None) -> _Family:
-    """Adam (momentum_decay None) or NAdam: m <- lerp(m, g, 1 - b1), v <- EMA of g**2, and the direction."""
-
-    def coefficients(inner):
-        count, t = next_count(inner.count)
-        if momentum_decay is None:
-            a, _, b = adam_scalars(b1, b2, t)
-            return [1 - b1, b2, 1 - b2, a, b, 0.0, eps], {"count": count}
-        mu_product, a, b, c = nadam_scalars(b1, b2, momentum_decay, t, inner.mu_product)
-        fields = {"count": count, "mu_product": mu_product.astype(inner.mu_product.dtype)}
-        return [1 - b1, b2, 1 - b2, a, b, c, eps], fields
-
-    kernel = ADAM if momentum_decay is None else NADAM
-    return _Family(kernel, ("mu", "nu"), coefficients, (abs(1 - b1) >= 0.5, False))
-
-
-def adam(
-    learning_rate: optax.ScalarOrSchedule = 1e-3,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    flat_state: bool = False,
-) -> FusedOptimizer:
-    """Fused `optimjax.adam` (Kingma & Ba, 2014; coupled L2 weight decay): its arithmetic, one pass on CPU.
-
-    `torch.optim.Adam(..., fused=True)`. AMSGrad, eps_root and bf16 moments: use `optimjax.adam`.
-    """
-    optimizer = _adam(learning_rate, b1, b2, eps, weight_decay=weight_decay)
-    return _fused("adam", optimizer, _adam_family(b1, b2, eps), coupled=True, learning_rate=learning_rate,
-                  weight_decay=weight_decay, flat_state=flat_state)
-
-
-def adamw(
-    learning_rate: optax.ScalarOrSchedule = 1e-3,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: optax.ScalarOrSchedule = 1e-2,
-    flat_state: bool = False,
-) -> FusedOptimizer:
-    """Fused `optimjax.adamw` (Loshchilov & Hutter, 2019; decoupled decay): its arithmetic, one pass on CPU.
-
-    `torch.optim.AdamW(..., fused=True)`. A decay mask, AMSGrad, eps_root and bf16 moments: use `optimjax.adamw`.
-
-    Examples:
-      Adam's first direction is m_1 / sqrt(v_1) = sign(g); the decay adds weight_decay * theta, and both are
-      scaled by lr: theta_1 = theta_0 - 0.1 * (1 + 0.5 * theta_0), i.e. 1 -> 0.85 and -2 -> -2.
-      >>> import jax.numpy as jnp, optimjax
-      >>> opt = optimjax.fused.adamw(learning_rate=0.1, weight_decay=0.5)
-      >>> params = jnp.array([1.0, -2.0])
-      >>> params, state = opt.step(jnp.array([0.5, 0.5]), opt.init(params), params)
-      >>> print(params)
-      [ 0.85 -2.  ]
-    """
-    optimizer = _adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay)
-    return _fused("adamw", optimizer, _adam_family(b1, b2, eps), coupled=False, learning_rate=learning_rate,
-                  weight_decay=weight_decay, flat_state=flat_state)
-
-
-def nadam(
-    learning_rate: optax.ScalarOrSchedule = 2e-3,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    momentum_decay: float = 4e-3,
-    weight_decay: float = 0.0,
-    flat_state: bool = False,
-) -> FusedOptimizer:
-    """Fused `optimjax.nadam` (Dozat, 2016, with the momentum schedule): its arithmetic, one pass on CPU.
-
-    torch has no fused NAdam. bf16 moments: use `optimjax.nadam`.
-    """
-    optimizer = _nadam(learning_rate, b1, b2, eps, momentum_decay, weight_decay)
-    return _fused("nadam", optimizer, _adam_family(b1, b2, eps, momentum_decay), coupled=True,
-                  learning_rate=learning_rate, weight_decay=weight_decay, flat_state=flat_state)
-
-
-def nadamw(
-    learning_rate: optax.ScalarOrSchedule = 2e-3,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    momentum_decay: float = 4e-3,
-    weight_decay: optax.ScalarOrSchedule = 1e-2,
-    flat_state: bool = False,
-) -> FusedOptimizer:
-    """Fused `optimjax.nadamw` (NAdam with decoupled decay): its arithmetic, one pass on CPU.
-
-    A decay mask and bf16 moments: use `optimjax.nadamw`.
-    """
-    optimizer = _nadamw(learning_rate, b1, b2, eps, momentum_decay, weight_decay)
-    return _fused("nadamw", optimizer, _adam_family(b1, b2, eps, momentum_decay), coupled=False,
-                  learning_rate=learning_rate, weight_decay=weight_decay, flat_state=flat_state)
-
-
-def sgd(
-    learning_rate: optax.ScalarOrSchedule,
-    momentum: float | None = None,
-    nesterov: bool = False,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
-    flat_state: bool = False,
-) -> FusedOptimizer:
-    """Fused `optimjax.sgd` (heavy-ball or Nesterov momentum, dampening, coupled L2 decay): one pass on CPU.
-
-    `torch.optim.SGD(..., fused=True)`. Without momentum there is no state and XLA already makes one pass: `step`
-    is then the plain optimizer's update and apply.
-    """
-    optimizer = _sgd(learning_rate, momentum, nesterov, dampening, weight_decay)
-    family = None
-    if momentum is not None and not is_zero(momentum):
-
-        def coefficients(inner):  # torch starts the buffer at g: no dampening on the first step
-            one_minus_dampening = 1 - jnp.where(inner.count == 0, 0.0, dampening) if dampening else 1.0
-            return [momentum, one_minus_dampening], {"count": optax.safe_increment(inner.count)}
-
-        family = _Family(MOMENTUM, ("velocity",), coefficients, (nesterov, not is_zero(dampening)))
-    return _fused("sgd", optimizer, family, coupled=True, learning_rate=learning_rate, weight_decay=weight_decay,
-                  flat_state=flat_state)
-
-
-def momentum(
-    learning_rate: optax.ScalarOrSchedule,
-    momentum: float = 0.9,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
-    flat_state: bool = False,
-) -> FusedOptimizer:
-    """Fused `optimjax.momentum` (heavy ball): one pass on CPU."""
-    return sgd(learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-               flat_state=flat_state)
-
-
-def nesterov(
-    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0, flat_state: bool = False
-) -> FusedOptimizer:
-    """Fused `optimjax.nesterov` (Sutskever et al.'s form of Nesterov momentum): one pass on CPU."""
-    return sgd(learning_rate, momentum=momentum, nesterov=True, weight_decay=weight_decay, flat_state=flat_state)
-
-
-def rmsprop(
-    learning_rate: optax.ScalarOrSchedule = 1e-2,
-    decay: float = 0.99,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    flat_state: bool = False,
-) -> FusedOptimizer:
-    """Fused `optimjax.rmsprop` (Hinton's RMSprop, coupled L2 decay): one pass on CPU.
-
-    torch has no fused RMSprop. Centered RMSprop and RMSprop with momentum: use `optimjax.rmsprop`.
-    """
-    optimizer = _rmsprop(learning_rate, decay, eps, weight_decay=weight_decay)
-    family = _Family(RMS, ("nu",), lambda inner: ([decay, 1 - decay, eps], {}))
-    return _fused("rmsprop", optimizer, family, coupled=True, learning_rate=learning_rate,
-                  weight_decay=weight_decay, flat_state=flat_state)
-
-
-def adagrad(
-    learning_rate: optax.ScalarOrSchedule = 1e-2,
-    lr_decay: float = 0.0,
-    weight_decay: float = 0.0,
-    initial_accumulator_value: float = 0.0,
-    eps: float = 1e-10,
-    flat_state: bool = False,
-) -> FusedOptimizer:
-    """Fused `optimjax.adagrad` (Duchi et al., 2011, with torch's lr_decay): one pass on CPU.
-
-    `torch.optim.Adagrad(..., fused=True)`.
-    """
-    optimizer = _adagrad(learning_rate, lr_decay, weight_decay, initial_accumulator_value, eps)
-    family = _Family(ADAGRAD, ("sum_of_squares",), lambda inner: ([0.0, 0.0, eps], {}))
-    return _fused("adagrad", optimizer, family, coupled=True,
-                  learning_rate=decayed_learning_rate(learning_rate, lr_decay), weight_decay=weight_decay,
-                  flat_state=flat_state)
+def _plain_step(optimizer: optax.GradientTransformation, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+    """The optimizer's update and `optax.apply_updates`: the step when the kernel does not run."""
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state

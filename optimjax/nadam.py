@@ -10,6 +10,7 @@ import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range
 from optimjax._checks import check_dtype, named_optimizer
+from optimjax._kernels import NADAM, Kernel, fused_kernel
 from optimjax._tree import bias_correction, check_tree, like, moments, next_count, power, scalar_dtype
 from optimjax._tree import zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
@@ -136,6 +137,27 @@ def scale_by_nadam(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _nadam_kernel(name: str, coupled: bool) -> Callable[..., Kernel | str]:
+    """The one-pass kernel of `nadam` (coupled decay) or `nadamw` (decoupled): m, v and `nadam_scalars` per step."""
+
+    def describe(learning_rate, b1, b2, eps, momentum_decay, weight_decay, mask=None, maximize=False, **_):
+        if mask is not None:
+            return f"{name}(mask=...): the kernel decays every leaf"
+
+        def coefficients(state):  # fused_step.cc: w1 = 1 - b1, b2, 1 - b2, the two NAdam terms, 1 - b2**t, eps
+            count, t = next_count(state.count)
+            mu_product, grad_coef, momentum_coef, bc2 = nadam_scalars(b1, b2, momentum_decay, t, state.mu_product)
+            fields = {"count": count, "mu_product": mu_product.astype(state.mu_product.dtype)}
+            return [1 - b1, b2, 1 - b2, grad_coef, momentum_coef, bc2, eps], fields
+
+        lerp_second_form = bool(abs(1 - b1) >= 0.5)  # torch.lerp's formula for a weight >= 0.5
+        return Kernel(name, NADAM, ScaleByNadamState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
+                      coupled, (lerp_second_form, False), maximize)
+
+    return describe
+
+
+@fused_kernel(_nadam_kernel("nadam", coupled=True))
 @named_optimizer
 def nadam(
     learning_rate: optax.ScalarOrSchedule = 2e-3,
@@ -163,6 +185,7 @@ def nadam(
     )
 
 
+@fused_kernel(_nadam_kernel("nadamw", coupled=False))
 @named_optimizer
 def nadamw(
     learning_rate: optax.ScalarOrSchedule = 2e-3,

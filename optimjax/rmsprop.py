@@ -10,6 +10,7 @@ import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
 from optimjax._checks import check_flag, named_optimizer
+from optimjax._kernels import RMS, Kernel, fused_kernel
 from optimjax._tree import check_tree, ema_of_square, lerp, like, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.sgd import scale_by_momentum
@@ -76,6 +77,17 @@ def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, centered: bool = False)
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _rmsprop_kernel(learning_rate, decay, eps, centered, momentum, weight_decay, maximize=False, **_) -> Kernel | str:
+    """The one-pass kernel of plain `rmsprop` (coupled decay): v and its coefficients, constant per step."""
+    if centered:
+        return "rmsprop(centered=True): the kernel keeps no EMA of g"
+    if momentum is not None and not is_zero(momentum):
+        return f"rmsprop(momentum={momentum!r}): the kernel keeps no momentum buffer for RMSprop"
+    return Kernel("rmsprop", RMS, ScaleByRmsState, ("nu",), lambda state: ([decay, 1 - decay, eps], {}), learning_rate,
+                  weight_decay, maximize=maximize)
+
+
+@fused_kernel(_rmsprop_kernel)
 @named_optimizer
 def rmsprop(
     learning_rate: optax.ScalarOrSchedule = 1e-2,

@@ -11,6 +11,7 @@ import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value, is_zero
 from optimjax._checks import check_flag, named_optimizer
+from optimjax._kernels import MOMENTUM, Kernel, fused_kernel
 from optimjax._tree import check_tree, like, zeros_like
 from optimjax.learning_rate import scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
@@ -80,6 +81,21 @@ def scale_by_nesterov_momentum(beta: float = 0.9) -> optax.GradientTransformatio
     return _momentum("scale_by_nesterov_momentum", beta, 0.0, nesterov=True)
 
 
+def _sgd_kernel(learning_rate, momentum, nesterov, dampening, weight_decay, maximize=False, **_) -> Kernel | str:
+    """The one-pass kernel of `sgd` with momentum (coupled decay): the velocity; without momentum there is no
+    state and XLA already makes one pass ("")."""
+    if momentum is None or is_zero(momentum):
+        return ""
+
+    def coefficients(state):  # fused_step.cc: beta, 1 - dampening (none on the first step: torch starts v at g)
+        one_minus_dampening = 1 - jnp.where(state.count == 0, 0.0, dampening) if not is_zero(dampening) else 1.0
+        return [momentum, one_minus_dampening], {"count": optax.safe_increment(state.count)}
+
+    return Kernel("sgd", MOMENTUM, MomentumState, ("velocity",), coefficients, learning_rate, weight_decay,
+                  flags=(bool(nesterov), not is_zero(dampening)), maximize=maximize)
+
+
+@fused_kernel(_sgd_kernel)
 @named_optimizer
 def sgd(
     learning_rate: optax.ScalarOrSchedule,

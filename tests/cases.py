@@ -134,10 +134,12 @@ class Problem:
             out.append(jax.tree.map(np.asarray, params))
         return out
 
-    def run_torch(self, make_optimizer, lr_lambda=None) -> list[dict]:
+    def run_torch(self, make_optimizer, lr_lambda=None, make_scheduler=None) -> list[dict]:
         params = {k: torch.tensor(v) for k, v in self.params0.items()}
         optimizer = make_optimizer(list(params.values()))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
+        if make_scheduler:  # any torch.optim.lr_scheduler, stepped once after each optimizer.step()
+            scheduler = make_scheduler(optimizer)
         out = []
         for t in range(self.steps):
             for k, g in self.grad({k: p.numpy() for k, p in params.items()}, t).items():

@@ -47,7 +47,7 @@ def test_fused_step_in_an_nnx_training_step_matches_nnx_optimizer():
     model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
     reference = nnx.Linear(3, 1, rngs=nnx.Rngs(0))  # its own arrays: the training step donates the model's
     kernel0 = jnp.array(model.kernel[...])
-    fused = oj.fused.adamw(1e-2, weight_decay=0.1)
+    fused = oj.fused.of(oj.adamw(1e-2, weight_decay=0.1))
     graphdef, params = nnx.split(model, nnx.Param)
     state = fused.init(params)
 

@@ -200,7 +200,7 @@ def test_inject_hyperparams_under_nnx_optimizer_with_bfloat16_params():
     ("adam", optimjax.momentum(0.1), "sgd with momentum"),
     ("adamw", optimjax.nadamw(), "nadam"),
     ("nadam", optimjax.adam(), "adam"),
-    ("momentum", optimjax.rmsprop(), "rmsprop"),
+    ("sgd", optimjax.rmsprop(), "rmsprop"),
     ("rmsprop", optimjax.adagrad(), "adagrad"),
     ("adagrad", optimjax.adadelta(), "adadelta"),
     ("adadelta", optax.adam(0.1), "optax.ScaleByAdamState"),
@@ -222,7 +222,7 @@ MISMATCHES = [
 ]
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "nadamw", "momentum", "rmsprop"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadamw", "sgd", "rmsprop", "adagrad"])
 @pytest.mark.parametrize("kind, grads, message", MISMATCHES, ids=[m[0] for m in MISMATCHES])
 def test_mismatched_gradient_tree_names_the_optimizer_and_the_key_path(name, kind, grads, message, jit=False):
     """Issue 13: before, adam's mismatch was an `add_decayed_weights` error printing two tree structures."""

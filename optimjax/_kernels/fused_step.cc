@@ -6,6 +6,7 @@
 // torch.optim's single-tensor path), operation by operation and in the same order, each operation rounded once
 // (compiled without contraction into FMA and without fast-math):
 //
+//   g <- sign * g                                    (sign = -1 for torch's maximize, else 1: exact)
 //   g <- g + wd * p                                  (coupled L2 decay: adam, nadam, sgd, rmsprop, adagrad)
 //   adam, nadam:  m <- m + w1 * (g - m)              (w1 = 1 - b1 < 0.5; else torch.lerp's g - (g - m) * (1 - w1))
 //                 v <- v * b2 + ((1 - b2) * g) * g
@@ -41,9 +42,9 @@ namespace {
 
 enum Family : int { kAdam, kNadam, kMomentum, kRms, kAdagrad, kNumFamilies };
 constexpr int kNumFlagSets = 16;  // four flags: two of the family's, coupled decay, decoupled decay
-// Coefficients: eight of the family's (below), then the weight decay and -learning_rate.
+// Coefficients: eight of the family's (below), then the weight decay, -learning_rate and the gradient's sign.
 //   adam, nadam: w1, b2, 1 - b2, a, b, c, eps;  momentum: beta, 1 - dampening;  rmsprop, adagrad: decay, 1 - decay, eps
-constexpr int kNumCoefs = 10, kWd = 8, kNegLr = 9;
+constexpr int kNumCoefs = 11, kWd = 8, kNegLr = 9, kGradSign = 10;
 
 template <typename T>
 struct Leaf {
@@ -56,14 +57,14 @@ struct Leaf {
 // kFlag0 / kFlag1: Adam family: torch.lerp's second form, unused; momentum: Nesterov, dampening.
 template <typename T, int kFamily, bool kFlag0, bool kFlag1, bool kCoupled, bool kDecoupled>
 void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, const T* c) {
-  const T wd = c[kWd], neg_lr = c[kNegLr];
+  const T wd = c[kWd], neg_lr = c[kNegLr], sign = c[kGradSign];
   T* __restrict p = leaf.p;
   const T* __restrict gp = leaf.g;
   T* __restrict s0 = leaf.s0;
   T* __restrict s1 = leaf.s1;
   for (int64_t i = begin; i < end; ++i) {
     const T theta = p[i];
-    T g = gp[i];
+    T g = sign * gp[i];
     if (kCoupled) g = g + wd * theta;
     T d;
     if constexpr (kFamily == kAdam || kFamily == kNadam) {
