@@ -258,8 +258,9 @@ def expected_failure(test: OptaxTest) -> str | None:
 def slow(test: OptaxTest) -> str | None:
     """Why `test` is not run (the module must stay within about 90 s on 2 cores), or None."""
     if test.test == "test_state_shape_dtype_shard_stability" and _param(test, "dtype").__name__ in (
-            "float16", "complex128"):
-        return "slow: bfloat16 and float32, float64 and complex64 are run; float16 and complex128 add nothing new"
+            "float16", "float64", "complex128"):
+        return ("slow: bfloat16, float32 and complex64 are run; float16, and float64 and complex128 (which recompile "
+                "under jax_enable_x64), add no new path through optimjax")
     if test.test == "test_gradient_accumulation" and _param(test, "dtype") == "bfloat16":
         return "slow: float32 is run; the updates' dtype under bfloat16 is test_preserve_dtype's"
     if test.test == "test_optimization" and _param(test, "opt_name") == "adadelta" and not _param(test, "opt_kwargs"):
