@@ -13,7 +13,7 @@ from optimjax._checks import check_beta, check_learning_rate, check_range, concr
 from optimjax._checks import check_flag, named_optimizer
 from optimjax._kernels import MOMENTUM, Kernel, fused_kernel
 from optimjax._tree import check_tree, like, zeros_like
-from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
 
@@ -103,6 +103,7 @@ def sgd(
     nesterov: bool = False,
     dampening: float = 0.0,
     weight_decay: float = 0.0,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """Stochastic gradient descent, optionally with heavy-ball or Nesterov momentum and L2 weight decay.
 
@@ -121,6 +122,7 @@ def sgd(
       nesterov: use Nesterov momentum (needs `momentum` and dampening = 0).
       dampening: in [0, 1], scales the gradient in the heavy-ball buffer after the first step.
       weight_decay: L2 coefficient added to the gradient (coupled), >= 0.
+      maximize: ascend instead: g_t <- -g_t before anything else, weight decay included (torch's `maximize`).
 
     Examples:
       Nesterov on f(p) = p**2 / 2 (gradient p) from p = 1: v_1 = 1, p_1 = 1 - 0.1 * (1 + 0.9 * 1) = 0.81;
@@ -145,7 +147,7 @@ def sgd(
     if nesterov and (momentum is None or concrete_value(momentum) == 0 or concrete_value(dampening) not in (0, None)):
         raise ValueError(f"sgd: nesterov=True needs momentum > 0 and dampening = 0, got momentum={momentum!r}, "
                          f"dampening={dampening!r}")
-    parts = [add_decayed_weights(weight_decay)]
+    parts = [*maximizing("sgd", maximize), add_decayed_weights(weight_decay)]
     if momentum is not None and not isinstance(momentum, (int, float)) and not is_zero(dampening):
         # An array momentum (injected) keeps the buffer whatever its value; at 0, torch ignores dampening: so must we.
         check_range("sgd", "dampening", dampening, 0.0, 1.0, high_open=False)
@@ -160,25 +162,29 @@ def sgd(
 
 @named_optimizer
 def momentum(
-    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, dampening: float = 0.0, weight_decay: float = 0.0
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.9,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """SGD with heavy-ball momentum: `sgd(learning_rate, momentum, nesterov=False, dampening, weight_decay)`.
 
         v_t = momentum * v_{t-1} + (1 - dampening) * g_t,   theta_t = theta_{t-1} - lr_t * v_t
 
-    torch.optim.SGD(lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay).
+    torch.optim.SGD(lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, maximize=maximize).
     """
-    return sgd(learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+    return sgd(learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay, maximize=maximize)
 
 
 @named_optimizer
 def nesterov(
-    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0
+    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0, maximize: bool = False
 ) -> optax.GradientTransformation:
     """SGD with Nesterov momentum (NAG): `sgd(learning_rate, momentum, nesterov=True, weight_decay=...)`.
 
         v_t = momentum * v_{t-1} + g_t,   theta_t = theta_{t-1} - lr_t * (g_t + momentum * v_t)
 
-    torch.optim.SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay).
+    torch.optim.SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay, maximize=maximize).
     """
-    return sgd(learning_rate, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    return sgd(learning_rate, momentum=momentum, nesterov=True, weight_decay=weight_decay, maximize=maximize)
