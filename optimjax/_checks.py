@@ -194,9 +194,10 @@ def named_optimizer(factory: Callable[..., optax.GradientTransformation]) -> Cal
         def update_fn(updates, state, params=None, **extra_args):
             want, got = expected_skeleton(updates), _skeleton(state)
             if want is not None and got != want:
-                made_by = " or ".join(dict.fromkeys(_families(got))) or "another optimizer"
+                families = " or ".join(dict.fromkeys(_families(got)))
+                made_by = f"another optimizer ({families})" if families else "another optimizer"
                 raise TypeError(
-                    f"{name}: update() got a state made by another optimizer ({made_by}): {_describe(got)}, where "
+                    f"{name}: update() got a state made by {made_by}: {_describe(got)}, where "
                     f"{name}'s init() makes {_describe(want)}. Pass the state this optimizer's init() made."
                 )
             try:
