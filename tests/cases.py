@@ -81,6 +81,7 @@ class TorchMuonAndAdamW:
         self.ns_in_grad_dtype = ns_in_grad_dtype
         self.muon = torch.optim.Muon([p for p in params if p.ndim == 2], **muon_kwargs)
         self.adamw = torch.optim.AdamW([p for p in params if p.ndim != 2], lr=muon_kwargs["lr"], foreach=foreach)
+        self.optimizers = (self.muon, self.adamw)  # Problem.run_torch schedules each of them
 
     def step(self):
         import torch.optim._muon as torch_muon
@@ -218,15 +219,18 @@ class Problem:
     def run_torch(self, make_optimizer, lr_lambda=None, make_scheduler=None) -> list[dict]:
         params = {k: torch.tensor(v) for k, v in self.params0.items()}
         optimizer = make_optimizer(list(params.values()))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
-        if make_scheduler:  # any torch.optim.lr_scheduler, stepped once after each optimizer.step()
-            scheduler = make_scheduler(optimizer)
+        schedulers = []
+        for each in getattr(optimizer, "optimizers", (optimizer,)):  # a pair of torch optimizers: one scheduler each
+            if lr_lambda:
+                schedulers.append(torch.optim.lr_scheduler.LambdaLR(each, lr_lambda))
+            if make_scheduler:  # any torch.optim.lr_scheduler, stepped once after each optimizer.step()
+                schedulers.append(make_scheduler(each))
         out = []
         for t in range(self.steps):
             for k, g in self.grad({k: p.numpy() for k, p in params.items()}, t).items():
                 params[k].grad = torch.tensor(g)
             optimizer.step()
-            if scheduler:
+            for scheduler in schedulers:
                 scheduler.step()
             out.append({k: p.detach().numpy().copy() for k, p in params.items()})
         return out
