@@ -11,7 +11,15 @@ import optax
 import pytest
 
 import optimjax
-from cases import CASE_IDS, CASES
+from cases import CASES as ALL_CASES
+
+# The families whose transforms follow the dtype policy and complex rule of optimjax._tree (issue 10's list); the
+# families added since (RAdam, Adamax, ASGD, Rprop, Adafactor, Muon) are not covered yet.
+COVERED = {optimjax.sgd, optimjax.momentum, optimjax.nesterov, optimjax.adam, optimjax.amsgrad, optimjax.adamw,
+           optimjax.nadam, optimjax.nadamw, optimjax.rmsprop, optimjax.adagrad, optimjax.adadelta}
+CASES = [c for c in ALL_CASES if c.factory in COVERED]
+CASE_IDS = [c.id for c in CASES]
+
 
 # (params dtype, gradients dtype)
 PAIRS = [("float32", "bfloat16"), ("float32", "float16"), ("bfloat16", "float32"), ("float64", "float32")]

@@ -155,6 +155,20 @@ SPECS = [
           "initial_accumulator_value": "nonnegative", "eps": "nonnegative"}),
     Spec(optimjax.adadelta, lambda d: kwargs(learning_rate=LR, rho=unit(), eps=eps_for(d), weight_decay=WD),
          {"learning_rate": "nonnegative", "rho": "beta", "eps": "nonnegative", "weight_decay": "nonnegative"}),
+    Spec(optimjax.radam, lambda d: kwargs(learning_rate=LR, b1=unit(), b2=unit(0, 0.9999), eps=eps_for(d),
+                                          weight_decay=WD, decoupled_weight_decay=st.booleans()), ADAM_RANGES),
+    Spec(optimjax.adamax, lambda d: kwargs(learning_rate=LR, b1=unit(), b2=unit(0, 0.9999), eps=eps_for(d),
+                                           weight_decay=WD), ADAM_RANGES, adam_family=True),
+    # lambd = 0: its decay term moves the parameters even with a zero gradient, like weight decay.
+    Spec(optimjax.asgd, lambda d: kwargs(learning_rate=LR, lambd=st.just(0.0), alpha=unit(0.0, 1.0),
+                                         t0=st.sampled_from([0.0, 1.0, 1e6]), weight_decay=WD),
+         {"learning_rate": "nonnegative", "lambd": "nonnegative", "alpha": "nonnegative", "t0": "nonnegative",
+          "weight_decay": "nonnegative"}),
+    Spec(optimjax.rprop, lambda d: kwargs(learning_rate=LR, etas=st.tuples(unit(0.1, 0.9), unit(1.1, 2.0))),
+         {"learning_rate": "nonnegative"}),
+    Spec(optimjax.adafactor, lambda d: kwargs(learning_rate=LR, beta2_decay=st.floats(-1.0, 0.0), d=unit(1.0, 3.0),
+                                              weight_decay=WD),
+         {"learning_rate": "nonnegative", "d": "nonnegative", "weight_decay": "nonnegative"}),
 ]
 
 
@@ -169,7 +183,7 @@ def problems(draw, spec: Spec, dtypes=DTYPES, weight_decay: bool = True, max_lea
     array leaf."""
     dtype = draw(st.sampled_from(dtypes))
     hyper = draw(spec.hyper(dtype))
-    if not weight_decay:
+    if not weight_decay and "weight_decay" in hyper:
         hyper["weight_decay"] = 0.0
     tree = draw(trees(max_leaves).filter(has_array) if needs_array else trees(max_leaves))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -355,6 +369,41 @@ def test_mismatched_gradient_tree_raises_a_clear_error(example):
         tx.update(grads, tx.init(params), params)
 
 
+# --- hyperparameters given as 0-d arrays ---------------------------------------------------------------------------
+
+@BY_OPTIMIZER
+@FEW
+@given(data=st.data())
+def test_0d_array_hyperparameters_act_as_the_numbers_they_hold(spec, data):
+    """Any floating dtype (as `optax.inject_hyperparams` stores them, in the params' dtype, or as a user passes
+    them): the optimizer built with 0-d arrays gives the updates and state signature of the one built with the
+    Python numbers the arrays hold, to the rounding of the coarser of the two dtypes; a value that rounds out of
+    range (a decay rate to 1.0 in bfloat16) raises ValueError either way; the same values as arrays of shape (1,)
+    raise ValueError naming the argument (they would broadcast the parameters)."""
+    hyper, dtype, params, grads = data.draw(problems(spec, max_leaves=4, needs_array=True), label="problem")
+    hyper_dtype = data.draw(st.sampled_from(DTYPES), label="hyperparameter dtype")
+    names = sorted(k for k, v in hyper.items() if isinstance(v, float) and not isinstance(v, bool))
+    chosen = data.draw(st.lists(st.sampled_from(names), min_size=1, unique=True), label="as arrays")
+    coarser = max(dtype, hyper_dtype, key=lambda d: TOLERANCE[d])
+    with jax.enable_x64(True) if "float64" in (dtype, hyper_dtype) else contextlib.nullcontext():
+        arrays = {k: jnp.asarray(hyper[k], hyper_dtype) for k in chosen}
+        numbers = {k: float(a) for k, a in arrays.items()}
+        for name, value in arrays.items():
+            with pytest.raises(ValueError, match=rf"\b{name}\b.*0-d"):
+                spec.factory(**{**hyper, **numbers, name: value.reshape(1)})
+        try:
+            reference = spec.factory(**{**hyper, **numbers})
+        except ValueError:
+            with pytest.raises(ValueError):
+                spec.factory(**{**hyper, **arrays})
+            return
+        tx = spec.factory(**{**hyper, **arrays})
+        for (u, s), (u_ref, s_ref) in zip(run(tx, params, grads), run(reference, params, grads)):
+            assert signature(u) == signature(u_ref)
+            assert signature(s) == signature(s_ref) or "momentum" in arrays  # an array momentum keeps its buffer
+            assert_close(u, u_ref, coarser)
+
+
 # --- complex parameters and mixed parameter / gradient dtypes ----------------------------------------------------
 
 DTYPE_PAIRS = [("complex64", "complex64"), ("complex128", "complex128"), ("float32", "bfloat16"),
@@ -366,7 +415,9 @@ def real_view(tree):
     return jax.tree.map(lambda x: jnp.stack([jnp.real(x), jnp.imag(x)], -1) if jnp.iscomplexobj(x) else x, tree)
 
 
-@BY_OPTIMIZER
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.factory in {  # the families issue 10 covers
+    optimjax.sgd, optimjax.adam, optimjax.amsgrad, optimjax.adamw, optimjax.nadam, optimjax.nadamw, optimjax.rmsprop,
+    optimjax.adagrad, optimjax.adadelta}], ids=repr)
 @settings(PROFILE, max_examples=4)
 @given(data=st.data(), pair=st.sampled_from(DTYPE_PAIRS))
 def test_complex_and_mixed_dtypes_keep_the_dtype_policy(spec, data, pair):
