@@ -1,5 +1,7 @@
 """optimjax: the classic optimizers as composable optax GradientTransformations, on torch.optim's trajectory."""
 
+from types import ModuleType as _ModuleType
+
 from optimjax.adadelta import ScaleByAdadeltaState as ScaleByAdadeltaState
 from optimjax.adadelta import adadelta as adadelta
 from optimjax.adadelta import scale_by_adadelta as scale_by_adadelta
@@ -19,6 +21,7 @@ from optimjax import fused as fused
 from optimjax.lbfgs import Lbfgs as Lbfgs
 from optimjax.lbfgs import LbfgsState as LbfgsState
 from optimjax.lbfgs import lbfgs as lbfgs
+from optimjax import port as port
 from optimjax.learning_rate import ScaleByLearningRateState as ScaleByLearningRateState
 from optimjax.learning_rate import scale_by_learning_rate as scale_by_learning_rate
 from optimjax.muon import ScaleByMuonState as ScaleByMuonState
@@ -61,4 +64,16 @@ from optimjax.rprop import ScaleByRpropState as ScaleByRpropState
 from optimjax.rprop import rprop as rprop
 from optimjax.rprop import scale_by_rprop as scale_by_rprop
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it, CHANGELOG.md lists it
+
+# The public names are those imported above with `import ... as name`: the functions and states re-exported flat,
+# and the modules exported as namespaces (`fused`, `schedules`), told apart from the modules that only come along
+# with their flat names (optimjax.adam, optimjax.learning_rate, ...). tests/test_packaging.py checks this list
+# against the `as` imports of this file.
+_flat = {getattr(_value, "__module__", None) for _value in globals().values() if not isinstance(_value, _ModuleType)}
+__all__ = sorted(
+    _name
+    for _name, _value in globals().items()
+    if not _name.startswith("_") and (not isinstance(_value, _ModuleType) or _value.__name__ not in _flat)
+)
+del _flat

@@ -10,7 +10,7 @@ import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range
 from optimjax._tree import check_tree, ema_of_square, like, zeros_like
-from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
 
@@ -63,16 +63,19 @@ def adadelta(
     rho: float = 0.9,
     eps: float = 1e-6,
     weight_decay: float = 0.0,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """Adadelta (Zeiler, 2012) with a learning rate (1.0 by default) and coupled L2 weight decay.
 
         g_t <- g_t + weight_decay * theta_{t-1},   theta_t = theta_{t-1} - lr_t * d_t,   d_t from `scale_by_adadelta`
 
-    Same trajectory as `torch.optim.Adadelta(lr, rho, eps, weight_decay)` and `optax.adadelta`.
+    Same trajectory as `torch.optim.Adadelta(lr, rho, eps, weight_decay, maximize)` and `optax.adadelta`;
+    `maximize=True` negates the gradient before anything else, weight decay included.
     """
     check_learning_rate("adadelta", learning_rate)
     check_range("adadelta", "weight_decay", weight_decay)
     return optax.chain(
+        *maximizing("adadelta", maximize),
         add_decayed_weights(weight_decay),
         scale_by_adadelta(rho, eps),
         scale_by_learning_rate(learning_rate),

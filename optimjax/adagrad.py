@@ -11,7 +11,7 @@ import optax
 from optimjax._checks import check_learning_rate, check_range, is_zero
 from optimjax._kernels import ADAGRAD, Kernel, fused_kernel
 from optimjax._tree import check_tree, full_like, like
-from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
 
@@ -63,18 +63,21 @@ def adagrad(
     weight_decay: float = 0.0,
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """Adagrad with torch's learning-rate decay and coupled L2 weight decay.
 
         g_t <- g_t + weight_decay * theta_{t-1}
         theta_t = theta_{t-1} - lr_t / (1 + (t - 1) * lr_decay) * d_t,   d_t from `scale_by_adagrad`, t = 1, 2, ...
 
-    Same trajectory as `torch.optim.Adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps)`.
+    Same trajectory as `torch.optim.Adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps,
+    maximize)`; `maximize=True` negates the gradient before anything else, weight decay included.
     """
     check_learning_rate("adagrad", learning_rate)
     check_range("adagrad", "lr_decay", lr_decay)
     check_range("adagrad", "weight_decay", weight_decay)
     return optax.chain(
+        *maximizing("adagrad", maximize),
         add_decayed_weights(weight_decay),
         scale_by_adagrad(eps, initial_accumulator_value),
         scale_by_learning_rate(decayed_learning_rate(learning_rate, lr_decay)),

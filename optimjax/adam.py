@@ -11,7 +11,7 @@ import optax
 from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
 from optimjax._kernels import ADAM, Kernel, fused_kernel
 from optimjax._tree import bias_correction, check_tree, like, moments, next_count, zeros_like
-from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
 
@@ -32,8 +32,9 @@ class ScaleByAdamState(NamedTuple):
 
 
 def adam_scalars(b1: float, b2: float, t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Adam's per-step scalars at step t: 1 / (1 - b1**t), 1 - b2**t and sqrt(1 - b2**t) (computed once per step,
-    shared by `scale_by_adam` and the fused kernel of `optimjax.fused`)."""
+    r"""Adam's per-step scalars at step t: `1 / (1 - b1**t)`, `1 - b2**t` and `sqrt(1 - b2**t)`, i.e.
+    $1/(1-\beta_1^t)$, $1-\beta_2^t$ and $\sqrt{1-\beta_2^t}$ (computed once per step, shared by `scale_by_adam`
+    and the fused kernel of `optimjax.fused`)."""
     bc2 = bias_correction(b2, t)
     return 1 / bias_correction(b1, t), bc2, jnp.sqrt(bc2)
 
@@ -146,6 +147,7 @@ def adam(
     amsgrad: bool = False,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """Adam (Kingma & Ba, 2014) with optional coupled L2 weight decay and AMSGrad.
 
@@ -153,11 +155,13 @@ def adam(
         theta_t = theta_{t-1} - lr_t * d_t,   d_t from `scale_by_adam`
 
     Same trajectory as `torch.optim.Adam(lr, betas=(b1, b2), eps, weight_decay, amsgrad)`; with the defaults, the
-    same as `optax.adam` too. For decoupled decay use `adamw`.
+    same as `optax.adam` too. For decoupled decay use `adamw`. `maximize=True` ascends, negating the gradient
+    before anything else (weight decay included), as torch's `maximize` does.
     """
     check_learning_rate("adam", learning_rate)
     check_range("adam", "weight_decay", weight_decay)
     return optax.chain(
+        *maximizing("adam", maximize),
         add_decayed_weights(weight_decay),
         scale_by_adam(b1, b2, eps, eps_root, amsgrad, mu_dtype, nu_dtype),
         scale_by_learning_rate(learning_rate),
@@ -172,6 +176,7 @@ def amsgrad(
     weight_decay: float = 0.0,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """AMSGrad (Reddi et al., 2018): Adam whose denominator uses the running maximum of the raw second moment.
 
@@ -181,7 +186,7 @@ def amsgrad(
     Same trajectory as `torch.optim.Adam(..., amsgrad=True)`; differs from `optax.amsgrad`, which takes the max
     of the bias-corrected v.
     """
-    return adam(learning_rate, b1, b2, eps, 0.0, weight_decay, True, mu_dtype, nu_dtype)
+    return adam(learning_rate, b1, b2, eps, 0.0, weight_decay, True, mu_dtype, nu_dtype, maximize)
 
 
 @fused_kernel(_adam_kernel("adamw", coupled=False))
@@ -196,6 +201,7 @@ def adamw(
     amsgrad: bool = False,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """AdamW: Adam with decoupled weight decay, Loshchilov & Hutter (2019), "Decoupled Weight Decay
     Regularization", ICLR.
@@ -206,6 +212,7 @@ def adamw(
     Same trajectory as `torch.optim.AdamW(lr, betas, eps, weight_decay, amsgrad)` (torch multiplies theta by
     (1 - lr * weight_decay) first: equal in exact arithmetic) and as `optax.adamw`. The default weight_decay is
     torch's 1e-2 (optax's is 1e-4). `mask` selects the leaves that decay (see `add_decayed_weights`).
+    `maximize=True` negates the gradient first (torch's `maximize`); the decay still shrinks the weights.
 
     Examples:
       Adam's first direction is m_1 / sqrt(v_1) = sign(g); the decay adds weight_decay * theta, and both are
@@ -220,6 +227,7 @@ def adamw(
     """
     check_learning_rate("adamw", learning_rate)
     return optax.chain(
+        *maximizing("adamw", maximize),
         scale_by_adam(b1, b2, eps, eps_root, amsgrad, mu_dtype, nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),

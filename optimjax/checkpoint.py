@@ -19,7 +19,13 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+
+try:
+    import orbax.checkpoint as ocp
+except ImportError as _error:  # orbax is an optional dependency: the checkpoint extra
+    raise ImportError(
+        "optimjax.checkpoint needs Orbax (the orbax-checkpoint package): pip install 'optimjax[checkpoint]'"
+    ) from _error
 
 
 def _key_name(key: Any) -> str:

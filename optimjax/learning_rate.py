@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optimjax._checks import check_learning_rate
@@ -49,3 +50,18 @@ def scale_by_learning_rate(learning_rate: optax.ScalarOrSchedule) -> optax.Gradi
         return updates, ScaleByLearningRateState(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def maximizing(where: str, maximize: bool) -> tuple[optax.GradientTransformation, ...]:
+    """The head of an optimizer's chain for torch's `maximize` flag: nothing when False; when True, a transform
+    that negates the gradient, g_t <- -g_t, before anything else (coupled weight decay included), as every
+    torch.optim optimizer does first in its step. The negation is exact and keeps each leaf's dtype.
+    """
+    if not isinstance(maximize, (bool, np.bool_)):
+        raise ValueError(f"{where}: maximize must be True or False, got {maximize!r}")
+    if not maximize:
+        return ()
+    return (optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda updates, state, params=None: (jax.tree.map(jnp.negative, updates), state),
+    ),)

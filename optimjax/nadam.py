@@ -12,7 +12,7 @@ from optimjax._checks import check_beta, check_learning_rate, check_range
 from optimjax._kernels import NADAM, Kernel, fused_kernel
 from optimjax._tree import bias_correction, check_tree, like, moments, next_count, power, scalar_dtype
 from optimjax._tree import zeros_like
-from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
 
@@ -164,17 +164,20 @@ def nadam(
     weight_decay: float = 0.0,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """NAdam (Dozat, 2016) with the momentum schedule and optional coupled L2 weight decay.
 
         g_t <- g_t + weight_decay * theta_{t-1},   theta_t = theta_{t-1} - lr_t * d_t,   d_t from `scale_by_nadam`
 
     Same trajectory as `torch.optim.NAdam(lr, betas=(b1, b2), eps, weight_decay, momentum_decay)`; differs from
-    `optax.nadam` (constant momentum b1). Defaults are torch's (lr = 2e-3).
+    `optax.nadam` (constant momentum b1). Defaults are torch's (lr = 2e-3). `maximize=True` negates the gradient
+    before anything else, weight decay included (torch's `maximize`).
     """
     check_learning_rate("nadam", learning_rate)
     check_range("nadam", "weight_decay", weight_decay)
     return optax.chain(
+        *maximizing("nadam", maximize),
         add_decayed_weights(weight_decay),
         scale_by_nadam(b1, b2, eps, momentum_decay, mu_dtype, nu_dtype),
         scale_by_learning_rate(learning_rate),
@@ -192,16 +195,19 @@ def nadamw(
     mask: Any | Callable[[Any], Any] | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """NAdamW: NAdam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
         theta_t = theta_{t-1} - lr_t * (d_t + weight_decay * theta_{t-1}),   d_t from `scale_by_nadam`
 
     Same trajectory as `torch.optim.NAdam(..., weight_decay=weight_decay, decoupled_weight_decay=True)`.
-    Default weight_decay 1e-2, as in `adamw`. `mask` selects the leaves that decay.
+    Default weight_decay 1e-2, as in `adamw`. `mask` selects the leaves that decay. `maximize=True` negates the
+    gradient first (torch's `maximize`).
     """
     check_learning_rate("nadamw", learning_rate)
     return optax.chain(
+        *maximizing("nadamw", maximize),
         scale_by_nadam(b1, b2, eps, momentum_decay, mu_dtype, nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),

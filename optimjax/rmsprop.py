@@ -11,7 +11,7 @@ import optax
 from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
 from optimjax._kernels import RMS, Kernel, fused_kernel
 from optimjax._tree import check_tree, ema_of_square, lerp, like, zeros_like
-from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.sgd import scale_by_momentum
 from optimjax.weight_decay import add_decayed_weights
 
@@ -93,6 +93,7 @@ def rmsprop(
     centered: bool = False,
     momentum: float | None = None,
     weight_decay: float = 0.0,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """RMSprop with optional centering, heavy-ball momentum on the scaled gradient and coupled L2 weight decay.
 
@@ -102,13 +103,15 @@ def rmsprop(
 
     Same trajectory as `torch.optim.RMSprop(lr, alpha=decay, eps, weight_decay, momentum, centered)`, whose
     momentum buffer also holds the scaled gradient before the learning rate. `optax.rmsprop` differs (eps inside
-    the sqrt by default, momentum traced after the learning rate).
+    the sqrt by default, momentum traced after the learning rate). `maximize=True` negates the gradient before
+    anything else, weight decay included (torch's `maximize`).
     """
     check_learning_rate("rmsprop", learning_rate)
     check_range("rmsprop", "weight_decay", weight_decay)
     if momentum is not None:
         check_beta("rmsprop", "momentum", momentum)
     return optax.chain(
+        *maximizing("rmsprop", maximize),
         add_decayed_weights(weight_decay),
         scale_by_rms(decay, eps, centered),
         *([] if momentum is None or is_zero(momentum) else [scale_by_momentum(momentum)]),

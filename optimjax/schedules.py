@@ -631,7 +631,7 @@ def chained_scheduler(schedules: Sequence[Schedule]) -> Schedule:
 
         lr_k = cos_k * prod_{i before the cosine} f_i(k) / f_i(k0) * prod_{i after it} f_i(k) / f_i(k0 - 1)
 
-    with k0 the last restart and f_i the factor schedules[i](k) / base_lr. The other schedulers set the lr
+    with k0 the last restart and f_i the factor `schedules[i](k) / base_lr`. The other schedulers set the lr
     outright (LambdaLR, CyclicLR, OneCycleLR, CosineAnnealingWarmRestarts) or add eta_min, so that in a torch
     chain they override whatever came before them: they raise ValueError here.
 

@@ -12,7 +12,7 @@ import optax
 from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value, is_zero
 from optimjax._kernels import MOMENTUM, Kernel, fused_kernel
 from optimjax._tree import check_tree, like, zeros_like
-from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
 
@@ -101,6 +101,7 @@ def sgd(
     nesterov: bool = False,
     dampening: float = 0.0,
     weight_decay: float = 0.0,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """Stochastic gradient descent, optionally with heavy-ball or Nesterov momentum and L2 weight decay.
 
@@ -119,6 +120,7 @@ def sgd(
       nesterov: use Nesterov momentum (needs `momentum` and dampening = 0).
       dampening: in [0, 1], scales the gradient in the heavy-ball buffer after the first step.
       weight_decay: L2 coefficient added to the gradient (coupled), >= 0.
+      maximize: ascend instead: g_t <- -g_t before anything else, weight decay included (torch's `maximize`).
 
     Examples:
       Nesterov on f(p) = p**2 / 2 (gradient p) from p = 1: v_1 = 1, p_1 = 1 - 0.1 * (1 + 0.9 * 1) = 0.81;
@@ -142,7 +144,7 @@ def sgd(
     if nesterov and (momentum is None or concrete_value(momentum) == 0 or concrete_value(dampening) not in (0, None)):
         raise ValueError(f"sgd: nesterov=True needs momentum > 0 and dampening = 0, got momentum={momentum!r}, "
                          f"dampening={dampening!r}")
-    parts = [add_decayed_weights(weight_decay)]
+    parts = [*maximizing("sgd", maximize), add_decayed_weights(weight_decay)]
     if momentum is not None and not is_zero(momentum):
         parts.append(scale_by_nesterov_momentum(momentum) if nesterov else scale_by_momentum(momentum, dampening))
     else:
@@ -152,24 +154,28 @@ def sgd(
 
 
 def momentum(
-    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, dampening: float = 0.0, weight_decay: float = 0.0
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.9,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """SGD with heavy-ball momentum: `sgd(learning_rate, momentum, nesterov=False, dampening, weight_decay)`.
 
         v_t = momentum * v_{t-1} + (1 - dampening) * g_t,   theta_t = theta_{t-1} - lr_t * v_t
 
-    torch.optim.SGD(lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay).
+    torch.optim.SGD(lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, maximize=maximize).
     """
-    return sgd(learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+    return sgd(learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay, maximize=maximize)
 
 
 def nesterov(
-    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0
+    learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0, maximize: bool = False
 ) -> optax.GradientTransformation:
     """SGD with Nesterov momentum (NAG): `sgd(learning_rate, momentum, nesterov=True, weight_decay=...)`.
 
         v_t = momentum * v_{t-1} + g_t,   theta_t = theta_{t-1} - lr_t * (g_t + momentum * v_t)
 
-    torch.optim.SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay).
+    torch.optim.SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay, maximize=maximize).
     """
-    return sgd(learning_rate, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    return sgd(learning_rate, momentum=momentum, nesterov=True, weight_decay=weight_decay, maximize=maximize)

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import os
 import pkgutil
-import subprocess
-import sys
-import time
+import re
 from pathlib import Path
 
 import pytest
@@ -37,18 +34,8 @@ def test_docstring_examples(name):
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """Build the site once, strictly (any warning is an error), into a temporary directory."""
-    site_dir = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "--site-dir", str(site_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )
-    print(f"mkdocs build: {time.perf_counter() - start:.1f} s")
-    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
-    return site_dir
+def site(built_site):
+    return built_site  # tests/conftest.py: built once for the session
 
 
 def test_every_public_name_has_an_api_entry(site):
@@ -71,7 +58,8 @@ def test_api_pages_render_the_equations_and_arguments(site):
 
 
 def test_notebooks_are_rendered_with_their_outputs(site):
-    for notebook in ("pathological_curvature", "nesterov_lookahead", "nadam_schedule", "flax_training"):
+    for notebook in ("pathological_curvature", "nesterov_lookahead", "nadam_schedule", "flax_training",
+                     "porting_pytorch"):
         page = (site / "notebooks" / notebook / "index.html").read_text(encoding="utf-8")
         assert page.count("data:image/png;base64") >= 2, f"{notebook}: figures missing from the rendered page"
         assert "Traceback" not in page
@@ -83,6 +71,8 @@ DOC_PAGES_WITH_CODE = sorted(p for p in (ROOT / "docs").rglob("*.md") if "```pyt
 @pytest.mark.parametrize("page", DOC_PAGES_WITH_CODE, ids=[p.name for p in DOC_PAGES_WITH_CODE])
 def test_code_examples_in_the_docs_run(page):
     text = page.read_text(encoding="utf-8")
+    # pymdownx.snippets: a line `--8<-- "path"` stands for the file at path (relative to the repository root)
+    text = re.sub(r'^--8<-- "([^"]+)"$', lambda m: (ROOT / m.group(1)).read_text(encoding="utf-8"), text, flags=re.M)
     blocks = text.split("```python\n")[1:]
     assert blocks
     for block in blocks:

@@ -57,3 +57,23 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.*?)\n```", README, re.S)
     test_command = next(c for c in commands if "pytest" in c)
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_optimizer_table_uses_the_real_argument_names_and_defaults():
+    """Each signature in the table's first column names only real arguments, with their real default values."""
+    import inspect
+
+    import optimjax
+
+    rows = [line for line in README.splitlines() if line.startswith("| `") and "torch" not in line.split("|")[1]]
+    calls = [call for row in rows for call in re.findall(r"`(\w+)\(([^`]*)\)`", row.split("|")[1])]
+    assert len(calls) >= 11, calls
+    for name, arguments in calls:
+        parameters = inspect.signature(getattr(optimjax, name)).parameters
+        for argument in (a.strip() for a in arguments.split(",")):
+            if argument == "...":
+                continue
+            key, _, default = argument.partition("=")
+            assert key in parameters, f"README: {name}({key}...) but {name} has no argument {key!r}"
+            if default:
+                assert parameters[key].default == eval(default), f"README: {name}({argument}), default differs"

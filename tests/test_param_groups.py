@@ -1,0 +1,159 @@
+"""torch's param_groups in optax's terms: `optax.partition` (a transformation per group) or a `mask` (one
+transformation, decay on some leaves), against torch with two groups, in float32 and float64.
+
+The table's leaves: "w" (4, 3) and "conv" (2, 3, 2) are weights, "b" (3,) and "scale" () a bias and a norm scale:
+the usual recipe decays the first two and not the last two.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+import optimjax as oj
+from _resume import run_optimjax, run_torch, torch_params
+from cases import Problem, float64
+from optimjax import port
+
+F32_TOL = 1e-5
+F64_TOL = 1e-11
+DECAY, NO_DECAY = ["w", "conv"], ["b", "scale"]
+PATHS = DECAY + NO_DECAY  # torch's parameter indices: group after group
+
+
+def by_ndim(params):
+    """The recipe's labels: matrices and conv kernels decay, vectors and scalars (biases, norm scales) do not."""
+    return jax.tree.map(lambda x: "decay" if x.ndim > 1 else "no_decay", params)
+
+
+def torch_groups(params, decay, no_decay):
+    return [{"params": [params[k] for k in DECAY], **decay}, {"params": [params[k] for k in NO_DECAY], **no_decay}]
+
+
+def both(make_torch, tx, lr_lambda=None, steps=30):
+    """Trajectories of torch (two groups) and optimjax on the table's problem, float32 then float64."""
+    errors = []
+    for dtype, seed in ((np.float32, 20), (np.float64, 21)):
+        with float64() if dtype == np.float64 else _nothing():
+            problem = Problem(seed=seed, steps=steps, dtype=dtype)
+            params = torch_params(problem.params0)
+            optimizer = make_torch(params)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
+            reference = run_torch(problem, optimizer, params, scheduler=scheduler)
+            ours, _ = run_optimjax(problem, tx)
+            errors.append(problem.relative_error(ours, reference))
+    return errors
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def check(errors):
+    assert errors[0] < F32_TOL and errors[1] < F64_TOL, f"float32 {errors[0]:.2e}, float64 {errors[1]:.2e}"
+
+
+def test_two_groups_with_their_own_lr_weight_decay_and_betas():
+    tx = optax.partition({"decay": oj.adamw(1e-2, weight_decay=0.1),
+                          "no_decay": oj.adamw(3e-2, b1=0.8, b2=0.99, weight_decay=0.0)}, by_ndim)
+    check(both(lambda p: torch.optim.AdamW(torch_groups(p, dict(weight_decay=0.1),
+                                                       dict(lr=3e-2, betas=(0.8, 0.99), weight_decay=0.0)),
+                                          lr=1e-2, foreach=False), tx))
+
+
+def test_no_decay_on_biases_and_norms_is_a_mask():
+    """Same optimizer for both groups, decay on the weights only: `mask` is enough (and shorter)."""
+    tx = oj.adamw(1e-2, weight_decay=0.1, mask=lambda params: jax.tree.map(lambda x: x.ndim > 1, params))
+    check(both(lambda p: torch.optim.AdamW(torch_groups(p, {}, dict(weight_decay=0.0)), lr=1e-2, weight_decay=0.1,
+                                          foreach=False), tx))
+
+
+def test_coupled_decay_per_group_with_sgd():
+    tx = optax.partition({"decay": oj.sgd(0.02, momentum=0.9, weight_decay=0.05),
+                          "no_decay": oj.sgd(0.05, momentum=0.9, nesterov=True)}, by_ndim)
+    check(both(lambda p: torch.optim.SGD(torch_groups(p, dict(weight_decay=0.05), dict(lr=0.05, nesterov=True)),
+                                        lr=0.02, momentum=0.9, foreach=False), tx))
+
+
+def test_each_group_its_own_schedule():
+    """torch's LambdaLR with one lambda per group == each group's optimizer with its own optax schedule."""
+    warmup_cosine = optax.warmup_cosine_decay_schedule(0.0, 1e-2, warmup_steps=5, decay_steps=30, end_value=1e-3)
+    exponential = optax.exponential_decay(3e-2, transition_steps=1, decay_rate=0.95)
+    tx = optax.partition({"decay": oj.adamw(warmup_cosine, weight_decay=0.1),
+                          "no_decay": oj.adamw(exponential, weight_decay=0.0)}, by_ndim)
+    # optax's schedules compute in float32 from the int32 count (also under x64): give torch the same numbers
+    count = lambda t: jnp.asarray(t, jnp.int32)  # noqa: E731
+    lambdas = [lambda t: float(warmup_cosine(count(t))) / 1e-2, lambda t: float(exponential(count(t))) / 3e-2]
+    check(both(lambda p: torch.optim.AdamW(torch_groups(p, {}, dict(lr=3e-2, weight_decay=0.0)), lr=1e-2,
+                                          weight_decay=0.1, foreach=False), tx, lr_lambda=lambdas))
+
+
+def make_two_groups(params):
+    return torch.optim.AdamW(torch_groups(params, dict(weight_decay=0.1),
+                                          dict(lr=3e-2, betas=(0.8, 0.99), weight_decay=0.0, amsgrad=True)),
+                             lr=1e-2, foreach=False)
+
+
+def test_from_torch_builds_the_groups():
+    problem = Problem(seed=22, steps=2)
+    tx = port.from_torch(make_two_groups(torch_params(problem.params0)), PATHS)
+    check(both(make_two_groups, tx))
+    with pytest.raises(ValueError, match=r"has 2 param groups; pass paths"):
+        port.from_torch(make_two_groups(torch_params(problem.params0)))
+    with pytest.raises(ValueError, match=r"the JAX leaf 'extra' is in no param group"):
+        tx.init({**problem.params0, "extra": np.zeros(2, np.float32)})
+
+
+def test_two_groups_resume_from_a_torch_checkpoint_and_back():
+    """The state of an optax.partition (one masked state per group) loads from torch's two groups and goes back."""
+    problem = Problem(seed=23, steps=20)
+    params = torch_params(problem.params0)
+    optimizer = make_two_groups(params)
+    before = run_torch(problem, optimizer, params, 0, 10)
+    saved = copy.deepcopy(optimizer.state_dict())
+    reference = run_torch(problem, optimizer, params, 10, 10)
+    tx = port.from_torch(optimizer, PATHS)
+    state = port.load_state_dict(tx, before[-1], saved, PATHS)
+    ours, state = run_optimjax(problem, tx, before[-1], state, 10, 10)
+    assert problem.relative_error(ours, reference) < F32_TOL
+    back = port.state_dict(tx, state, ours[-1], PATHS, optimizer)
+    assert back["param_groups"] == optimizer.state_dict()["param_groups"]
+    for i, k in enumerate(PATHS):
+        for key, value in optimizer.state_dict()["state"][i].items():
+            torch.testing.assert_close(back["state"][i][key], value, rtol=1e-5, atol=1e-7, msg=f"{k} {key}")
+
+
+@pytest.mark.parametrize("make_scheduler", [
+    lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.5),
+    lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=12, eta_min=1e-3),
+    lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.2, total_iters=8),
+], ids=["StepLR", "CosineAnnealingLR", "LinearLR"])
+def test_from_torch_with_a_scheduler(make_scheduler):
+    """from_torch(optimizer, paths, scheduler): each group's optimjax schedule from its initial lr, on torch's
+    trajectory with the scheduler stepped after every step (30 steps, past CosineAnnealingLR's T_max)."""
+    problem = Problem(seed=24, steps=30)
+    params = torch_params(problem.params0)
+    optimizer = make_two_groups(params)
+    scheduler = make_scheduler(optimizer)
+    tx = port.from_torch(optimizer, PATHS, scheduler)
+    reference = run_torch(problem, optimizer, params, scheduler=scheduler)
+    ours, _ = run_optimjax(problem, tx)
+    assert problem.relative_error(ours, reference) < F32_TOL
+
+
+def test_from_torch_refuses_a_scheduler_it_cannot_read():
+    problem = Problem(seed=25, steps=2)
+    optimizer = make_two_groups(torch_params(problem.params0))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+    with pytest.raises(NotImplementedError, match=r"scheduler=OneCycleLR is not supported"):
+        port.from_torch(optimizer, PATHS, scheduler)

@@ -1,0 +1,296 @@
+"""optimjax.port: torch.optim state in and out, on torch's trajectory.
+
+Round trips for every optimizer in the table: N steps in torch, `load_state_dict`, then M more steps in both
+(torch continuing its own run is the reference); and N steps in optimjax, `state_dict`, `torch_optimizer.
+load_state_dict`, M more steps in both. Then layouts, schedules through inject_hyperparams, and every bad input
+with the error that names it.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+import optimjax as oj
+from _resume import run_optimjax, run_torch, torch_params
+from cases import CASE_IDS, CASES, SHAPES, Problem, float64
+from optimjax import port
+
+F32_TOL = 1e-5
+F64_TOL = 1e-11
+N, M = 10, 10
+PATHS = list(SHAPES)  # the torch optimizer's parameters are the table's leaves, in this order
+
+
+def torch_then_optimjax(case, problem, tx=None):
+    """(optimjax's M steps from torch's state after N, torch's own M steps)."""
+    params = torch_params(problem.params0)
+    optimizer = case.torch(list(params.values()))
+    before = run_torch(problem, optimizer, params, 0, N)
+    saved = copy.deepcopy(optimizer.state_dict())
+    reference = run_torch(problem, optimizer, params, N, M)
+    tx = case.optimjax() if tx is None else tx
+    state = port.load_state_dict(tx, before[-1], saved, PATHS, step=N)
+    ours, _ = run_optimjax(problem, tx, before[-1], state, N, M)
+    return ours, reference
+
+
+def optimjax_then_torch(case, problem):
+    """(torch's M steps from optimjax's state after N, optimjax's own M steps)."""
+    tx = case.optimjax()
+    before, state = run_optimjax(problem, tx, steps=N)
+    reference, _ = run_optimjax(problem, tx, before[-1], state, N, M)
+    params = torch_params(before[-1])
+    optimizer = case.torch(list(params.values()))
+    optimizer.load_state_dict(port.state_dict(tx, state, before[-1], PATHS, optimizer, step=N))
+    return run_torch(problem, optimizer, params, N, M), reference
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_round_trips_continue_on_torchs_trajectory(case):
+    for direction in (torch_then_optimjax, optimjax_then_torch):
+        problem = Problem(seed=7, steps=N + M)
+        err = problem.relative_error(*direction(case, problem))
+        assert err < F32_TOL, f"{case.id}, {direction.__name__}: {err:.2e}"
+        with float64():
+            problem = Problem(seed=8, steps=N + M, dtype=np.float64)
+            err = problem.relative_error(*direction(case, problem))
+        assert err < F64_TOL, f"{case.id}, {direction.__name__}, float64: {err:.2e}"
+
+
+def test_state_is_torchs_exactly():
+    """Every array of the loaded state is torch's tensor, bit for bit, and comes back bit for bit."""
+    case = next(c for c in CASES if c.id == "rmsprop_centered_momentum_wd")
+    problem = Problem(seed=9, steps=N)
+    params = torch_params(problem.params0)
+    optimizer = case.torch(list(params.values()))
+    run_torch(problem, optimizer, params)
+    saved = optimizer.state_dict()
+    current = {k: p.detach().numpy() for k, p in params.items()}
+    tx = case.optimjax()
+    state = port.load_state_dict(tx, current, saved, PATHS)
+    rms, momentum = state[1], state[2]
+    for i, k in enumerate(PATHS):
+        np.testing.assert_array_equal(rms.nu[k], saved["state"][i]["square_avg"].numpy())
+        np.testing.assert_array_equal(rms.mu_grad[k], saved["state"][i]["grad_avg"].numpy())
+        np.testing.assert_array_equal(momentum.velocity[k], saved["state"][i]["momentum_buffer"].numpy())
+    assert int(momentum.count) == N
+    back = port.state_dict(tx, state, current, PATHS, optimizer)
+    assert back["param_groups"] == saved["param_groups"]
+    from_dict = port.state_dict(tx, state, current, PATHS, saved)  # the target given as a state_dict
+    assert from_dict["param_groups"] == saved["param_groups"] and from_dict["state"].keys() == back["state"].keys()
+    for i in range(len(PATHS)):
+        assert set(back["state"][i]) == set(saved["state"][i])
+        for key, value in saved["state"][i].items():
+            assert back["state"][i][key].dtype == value.dtype and back["state"][i][key].shape == value.shape
+            torch.testing.assert_close(back["state"][i][key], value, rtol=0, atol=0)
+
+
+def test_transposed_layout():
+    """JAX keeps 'w' transposed ((3, 4) for torch's (4, 3)): every per-element tensor is transposed both ways, and
+    the continued run is torch's, transposed."""
+    case = next(c for c in CASES if c.id == "adamw_amsgrad")
+    problem = Problem(seed=10, steps=N + M)
+    params = torch_params(problem.params0)
+    optimizer = case.torch(list(params.values()))
+    before = run_torch(problem, optimizer, params, 0, N)
+    saved = copy.deepcopy(optimizer.state_dict())
+    reference = run_torch(problem, optimizer, params, N, M)
+
+    flip = lambda tree: {**tree, "w": np.asarray(tree["w"]).T}  # noqa: E731
+    transposed_problem = Problem(seed=10, steps=N + M)
+    transposed_problem.grad = lambda p, t: flip(problem.grad(flip(p), t))
+    paths = [port.transposed("w"), "b", "conv", "scale"]
+    tx = case.optimjax()
+    state = port.load_state_dict(tx, flip(before[-1]), saved, paths)
+    assert state[0].nu_max["w"].shape == (3, 4)
+    ours, state = run_optimjax(transposed_problem, tx, flip(before[-1]), state, N, M)
+    assert problem.relative_error([flip(p) for p in ours], reference) < F32_TOL
+    back = port.state_dict(tx, state, ours[-1], paths, optimizer)
+    assert back["state"][0]["exp_avg"].shape == (4, 3)
+    np.testing.assert_array_equal(back["state"][0]["exp_avg"].numpy(), np.asarray(state[0].mu["w"]).T)
+
+
+def test_transposed_axes_and_their_inverse():
+    leaf = port.transposed(("conv", "kernel"), (2, 3, 1, 0))  # OIHW -> HWIO
+    oihw = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    assert leaf.to_jax(oihw).shape == (4, 5, 3, 2)
+    np.testing.assert_array_equal(leaf.to_torch(leaf.to_jax(oihw)), oihw)
+    np.testing.assert_array_equal(leaf.to_jax(oihw)[1, 2, 0, 1], oihw[1, 0, 1, 2])
+
+
+def test_schedule_count_resumes_with_torchs_scheduler():
+    """inject_hyperparams(adamw)(learning_rate=schedule): the count comes from torch's step, so the schedule
+    resumes where torch's LambdaLR is."""
+    base = 1e-2
+    schedule = optax.warmup_cosine_decay_schedule(0.0, base, warmup_steps=5, decay_steps=N + M, end_value=1e-3)
+    case = next(c for c in CASES if c.id == "adamw")
+    problem = Problem(seed=11, steps=N + M)
+    params = torch_params(problem.params0)
+    optimizer = case.torch(list(params.values()))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: float(schedule(t)) / base)
+    before = run_torch(problem, optimizer, params, 0, N, scheduler)
+    saved = copy.deepcopy(optimizer.state_dict())
+    reference = run_torch(problem, optimizer, params, N, M, scheduler)
+    for tx in (optax.inject_hyperparams(oj.adamw)(learning_rate=schedule, weight_decay=0.1),
+               oj.adamw(schedule, weight_decay=0.1)):
+        state = port.load_state_dict(tx, before[-1], saved, PATHS)
+        ours, state = run_optimjax(problem, tx, before[-1], state, N, M)
+        assert problem.relative_error(ours, reference) < F32_TOL
+        back = port.state_dict(tx, state, ours[-1], PATHS, optimizer)
+        assert float(back["state"][0]["step"]) == N + M
+
+
+def test_mu_dtype_and_fresh_state():
+    """A bfloat16 first moment is loaded rounded to bfloat16 and saved back as float32 (torch casts it to the
+    parameter's dtype); a torch optimizer that has not stepped is the fresh state (Adagrad's: its accumulator)."""
+    problem = Problem(seed=12, steps=N)
+    params = torch_params(problem.params0)
+    optimizer = torch.optim.Adam(list(params.values()), lr=1e-2, foreach=False)
+    run_torch(problem, optimizer, params)
+    current = {k: p.detach().numpy() for k, p in params.items()}
+    tx = oj.adam(1e-2, mu_dtype=jnp.bfloat16)
+    state = port.load_state_dict(tx, current, optimizer.state_dict(), PATHS)
+    assert state[1].mu["w"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(state[1].mu["w"], optimizer.state_dict()["state"][0]["exp_avg"].numpy()
+                                  .astype(jnp.bfloat16))
+    back = port.state_dict(tx, state, current, PATHS, optimizer)
+    assert back["state"][0]["exp_avg"].dtype == torch.float32
+
+    fresh = torch.optim.Adagrad(list(torch_params(problem.params0).values()), initial_accumulator_value=0.5)
+    state = port.load_state_dict(oj.adagrad(initial_accumulator_value=0.5), problem.params0, fresh.state_dict(), PATHS)
+    np.testing.assert_array_equal(state[1].sum_of_squares["b"], np.full(3, 0.5, np.float32))
+    fresh = torch.optim.Adam(list(torch_params(problem.params0).values()))
+    state = port.load_state_dict(oj.adam(), problem.params0, fresh.state_dict(), PATHS)
+    assert int(state[1].count) == 0
+    assert port.state_dict(oj.adam(), state, problem.params0, PATHS, fresh)["state"] == {}
+
+
+# --- bad input ------------------------------------------------------------------------------------------------
+
+
+def stepped(make, steps=2, only=None):
+    """A torch optimizer over the table's leaves after `steps` steps (gradients for the leaves in `only`)."""
+    problem = Problem(seed=13, steps=steps)
+    params = torch_params(problem.params0)
+    optimizer = make(list(params.values()))
+    for t in range(steps):
+        for k, g in problem.grad({k: p.detach().numpy() for k, p in params.items()}, t).items():
+            params[k].grad = torch.tensor(g) if only is None or k in only else None
+        optimizer.step()
+    return optimizer, {k: p.detach().numpy() for k, p in params.items()}
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=1e-2, foreach=False)
+
+
+@pytest.mark.parametrize("make, tx, match", [
+    (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), oj.adam(),
+     r"state_dict is torch.optim.SGD's .* ScaleByAdamState, which holds torch.optim.Adam's"),
+    (adam, oj.nadam(), r"state_dict is torch.optim.Adam's .* ScaleByNadamState"),
+    (adam, oj.amsgrad(), r"torch parameter 0 = JAX leaf 'w'.*this optimizer needs \['max_exp_avg_sq'\]"),
+    (lambda p: torch.optim.RMSprop(p, centered=True), oj.rmsprop(),
+     r"torch parameter 0 = JAX leaf 'w'.*the state_dict has \['grad_avg'\]"),
+    (lambda p: torch.optim.RMSprop(p), oj.rmsprop(momentum=0.9), r"needs \['momentum_buffer'\]"),
+    (adam, oj.sgd(0.1), r"torch.optim.Adam.*the state_dict has \['exp_avg', 'exp_avg_sq'\]"),
+    (lambda p: torch.optim.Adamax(p), oj.adam(), r"not those of any torch.optim class optimjax.port knows"),
+])
+def test_another_optimizer_is_named(make, tx, match):
+    optimizer, params = stepped(make)
+    with pytest.raises(ValueError, match=match):
+        port.load_state_dict(tx, params, optimizer.state_dict(), PATHS)
+
+
+def test_shape_mismatch_names_key_parameter_and_shapes():
+    optimizer, params = stepped(adam)
+    params = {**params, "w": params["w"].T}
+    with pytest.raises(ValueError, match=r"torch's 'exp_avg(_sq)?' for torch parameter 0 = JAX leaf 'w' has shape "
+                                         r"\(4, 3\), but the state entry it fills has shape \(3, 4\)"):
+        port.load_state_dict(oj.adam(), params, optimizer.state_dict(), PATHS)
+
+
+def test_parameters_missing_extra_or_unnamed():
+    optimizer, params = stepped(adam)
+    saved = optimizer.state_dict()
+    with pytest.raises(ValueError, match=r"param_groups hold 4 parameters, `paths` names 3"):
+        port.load_state_dict(oj.adam(), params, saved, PATHS[:3])
+    with pytest.raises(ValueError, match=r"paths\[3\] = 'bias' is not a leaf of params"):
+        port.load_state_dict(oj.adam(), params, saved, PATHS[:3] + ["bias"])
+    with pytest.raises(ValueError, match=r"paths\[0\] and paths\[3\] are both 'w'"):
+        port.load_state_dict(oj.adam(), params, saved, PATHS[:3] + ["w"])
+    with pytest.raises(ValueError, match=r"entry for the JAX leaf 'extra', which no torch parameter in `paths`"):
+        port.load_state_dict(oj.adam(), {**params, "extra": np.zeros(2, np.float32)}, saved, PATHS)
+    with pytest.raises(ValueError, match=r"expected a torch.optim optimizer's state_dict\(\)"):
+        port.load_state_dict(oj.adam(), params, {"exp_avg": 1}, PATHS)
+
+
+def test_state_not_created_yet_and_unequal_steps():
+    optimizer, params = stepped(adam, only={"w", "b"})
+    with pytest.raises(ValueError, match=r"torch has no state yet for torch parameter 2 = JAX leaf 'conv'"):
+        port.load_state_dict(oj.adam(), params, optimizer.state_dict(), PATHS)
+    optimizer, params = stepped(adam)
+    saved = copy.deepcopy(optimizer.state_dict())
+    saved["state"][3]["step"] = torch.tensor(5.0)
+    with pytest.raises(ValueError, match=r"'step' is 2 for torch parameter 0 = JAX leaf 'w' but 5 for torch "
+                                         r"parameter 3 = JAX leaf 'scale'"):
+        port.load_state_dict(oj.adam(), params, saved, PATHS)
+    with pytest.raises(ValueError, match=r"step=3 but torch's state says 2"):
+        port.load_state_dict(oj.adam(), params, optimizer.state_dict(), PATHS, step=3)
+    optimizer, params = stepped(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    with pytest.raises(ValueError, match=r"counts steps but torch.optim.SGD keeps no 'step'; pass step=N"):
+        port.load_state_dict(oj.momentum(0.1), params, optimizer.state_dict(), PATHS)
+
+
+def test_complex_into_real_is_refused():
+    optimizer, params = stepped(adam)
+    saved = copy.deepcopy(optimizer.state_dict())
+    saved["state"][1]["exp_avg"] = saved["state"][1]["exp_avg"].to(torch.complex64)
+    with pytest.raises(ValueError, match=r"'exp_avg' for torch parameter 1 = JAX leaf 'b' is complex"):
+        port.load_state_dict(oj.adam(), params, saved, PATHS)
+
+
+def test_nothing_is_changed_by_a_failed_conversion():
+    optimizer, params = stepped(adam)
+    saved = optimizer.state_dict()
+    snapshot = copy.deepcopy(saved)
+    with pytest.raises(ValueError):
+        port.load_state_dict(oj.amsgrad(), params, saved, PATHS)
+    assert saved.keys() == snapshot.keys() and saved["param_groups"] == snapshot["param_groups"]
+    for i, entry in snapshot["state"].items():
+        for key, value in entry.items():
+            torch.testing.assert_close(saved["state"][i][key], value, rtol=0, atol=0)
+
+
+def test_state_dict_for_another_torch_optimizer_is_refused():
+    tx = oj.adam(1e-2)
+    problem = Problem(seed=14, steps=2)
+    _, state = run_optimjax(problem, tx)
+    params = torch_params(problem.params0)
+    with pytest.raises(ValueError, match=r"state_dict is torch.optim.SGD's .* ScaleByAdamState"):
+        port.state_dict(tx, state, problem.params0, PATHS, torch.optim.SGD(list(params.values()), lr=0.1))
+    with pytest.raises(ValueError, match=r"torch parameter 0 = JAX leaf 'w'.*torch needs \['max_exp_avg_sq'\]"):
+        port.state_dict(tx, state, problem.params0, PATHS, torch.optim.Adam(list(params.values()), amsgrad=True))
+    with pytest.raises(ValueError, match=r"torch parameter 1 = JAX leaf 'b' has shape \(5,\) in torch, but \(3,\)"):
+        port.state_dict(tx, state, problem.params0, PATHS,
+                        torch.optim.Adam([params["w"], torch.zeros(5), params["conv"], params["scale"]]))
+    with pytest.raises(ValueError, match=r"keeps a 'step' per parameter, which this optimizer's state does not "
+                                         r"count; pass step=N"):
+        _, state = run_optimjax(problem, oj.adadelta())
+        port.state_dict(oj.adadelta(), state, problem.params0, PATHS, torch.optim.Adadelta(list(params.values())))
+    with pytest.raises(ValueError, match=r"`state` is not the state of `tx`"):
+        port.state_dict(oj.adam(amsgrad=True), tx.init(problem.params0), problem.params0, PATHS,
+                        torch.optim.Adam(list(params.values()), amsgrad=True))
+
+
+def test_importing_optimjax_does_not_import_torch():
+    code = "import sys, optimjax, optimjax.port; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
