@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_learning_rate, check_range, concrete_value
-from optimjax._maximize import maybe_maximize
 from optimjax._tree import check_tree, full_like, like, next_count, zeros_like
+from optimjax.learning_rate import maximizing
 
 
 class ScaleByRpropState(NamedTuple):
@@ -122,4 +122,4 @@ def rprop(
       [ 0.9 -1.9]
       [ 0.78 -1.78]
     """
-    return optax.chain(*maybe_maximize(maximize), scale_by_rprop(learning_rate, etas, step_sizes))
+    return optax.chain(*maximizing("rprop", maximize), scale_by_rprop(learning_rate, etas, step_sizes))
