@@ -167,6 +167,13 @@ CASES = [
               ns_coefficients=(3.0, -3.2, 1.2), adjust_lr_fn="match_rms_adamw", ns_dtype=None), TorchMuonAndAdamW,
          dict(lr=0.02, momentum=0.8, nesterov=False, weight_decay=0.05, ns_steps=3, ns_coefficients=(3.0, -3.2, 1.2),
               adjust_lr_fn="match_rms_adamw")),
+    # b2 close to 1, where 1 - b2**t must be computed without cancellation (a float32 power is 2e-5 off torch at
+    # 0.99999); b1 < 0.5 takes torch.lerp's second rounding form. eps = 1e-3: in float16 (the dtype test) eps = 1e-8
+    # rounds to 0 and (1 - b2) g**2 underflows for |g| < 0.1, so the default would divide by zero (torch's too).
+    Case("adam_b1_0.3_b2_0.99999", oj.adam, dict(learning_rate=1e-2, b1=0.3, b2=0.99999, eps=1e-3), T.Adam,
+         dict(lr=1e-2, betas=(0.3, 0.99999), eps=1e-3)),
+    Case("nadamw_b2_0.9999", oj.nadamw, dict(learning_rate=1e-2, b2=0.9999, weight_decay=0.1), T.NAdam,
+         dict(lr=1e-2, betas=(0.9, 0.9999), weight_decay=0.1, decoupled_weight_decay=True)),
 ]
 CASE_IDS = [c.id for c in CASES]
 
