@@ -73,22 +73,27 @@ def newton_schulz_in_grad_dtype(grad, ns_coefficients, ns_steps, eps):
     return x.T if grad.size(0) > grad.size(1) else x
 
 
-class TorchMuonAndAdamW:
+class TorchMuonAndAdamW(torch.optim.Optimizer):
     """torch.optim.Muon on the 2-D params and torch.optim.AdamW (same lr) on the others, stepped together; with
     `ns_in_grad_dtype`, Muon's Newton-Schulz runs `newton_schulz_in_grad_dtype` (torch's own is bfloat16). torch's
     Muon has no `maximize`: with maximize=True its gradients are negated before its step, which is what the flag
-    does in every other torch optimizer."""
+    does in every other torch optimizer. An Optimizer with two param groups (Muon's, AdamW's), so that a torch
+    LRScheduler drives both learning rates."""
 
     def __init__(self, params, foreach=False, ns_in_grad_dtype=True, maximize=False, **muon_kwargs):
-        self.ns_in_grad_dtype, self.maximize = ns_in_grad_dtype, maximize
+        params = list(params)
         self.matrices = [p for p in params if p.ndim == 2]
+        others = [p for p in params if p.ndim != 2]
+        super().__init__([{"params": self.matrices}, {"params": others}], {"lr": muon_kwargs["lr"]})
+        self.ns_in_grad_dtype, self.maximize = ns_in_grad_dtype, maximize
         self.muon = torch.optim.Muon(self.matrices, **muon_kwargs)
-        self.adamw = torch.optim.AdamW([p for p in params if p.ndim != 2], lr=muon_kwargs["lr"], foreach=foreach,
-                                       maximize=maximize)
+        self.adamw = torch.optim.AdamW(others, lr=muon_kwargs["lr"], foreach=foreach, maximize=maximize)
 
-    def step(self):
+    def step(self, closure=None):
         import torch.optim._muon as torch_muon
 
+        self.muon.param_groups[0]["lr"] = self.param_groups[0]["lr"]
+        self.adamw.param_groups[0]["lr"] = self.param_groups[1]["lr"]
         if self.maximize:
             for p in self.matrices:
                 p.grad = -p.grad
