@@ -19,8 +19,15 @@ from optimjax.clipping import clip_grad_value as clip_grad_value
 from optimjax.clipping import total_grad_norm as total_grad_norm
 from optimjax import fused as fused
 from optimjax import port as port
+from optimjax.lbfgs import Lbfgs as Lbfgs
+from optimjax.lbfgs import LbfgsState as LbfgsState
+from optimjax.lbfgs import lbfgs as lbfgs
 from optimjax.learning_rate import ScaleByLearningRateState as ScaleByLearningRateState
 from optimjax.learning_rate import scale_by_learning_rate as scale_by_learning_rate
+from optimjax.muon import ScaleByMuonState as ScaleByMuonState
+from optimjax.muon import muon as muon
+from optimjax.muon import orthogonalize as orthogonalize
+from optimjax.muon import scale_by_muon as scale_by_muon
 from optimjax.nadam import ScaleByNadamState as ScaleByNadamState
 from optimjax.nadam import momentum_schedule as momentum_schedule
 from optimjax.nadam import nadam as nadam
@@ -40,6 +47,22 @@ from optimjax.sgd import scale_by_nesterov_momentum as scale_by_nesterov_momentu
 from optimjax.sgd import sgd as sgd
 from optimjax.weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
 from optimjax.weight_decay import add_decayed_weights as add_decayed_weights
+from optimjax.adafactor import ScaleByAdafactorState as ScaleByAdafactorState
+from optimjax.adafactor import adafactor as adafactor
+from optimjax.adafactor import scale_by_adafactor as scale_by_adafactor
+from optimjax.adamax import ScaleByAdamaxState as ScaleByAdamaxState
+from optimjax.adamax import adamax as adamax
+from optimjax.adamax import scale_by_adamax as scale_by_adamax
+from optimjax.asgd import ScaleByAsgdState as ScaleByAsgdState
+from optimjax.asgd import asgd as asgd
+from optimjax.asgd import asgd_averaged_params as asgd_averaged_params
+from optimjax.asgd import scale_by_asgd as scale_by_asgd
+from optimjax.radam import ScaleByRadamState as ScaleByRadamState
+from optimjax.radam import radam as radam
+from optimjax.radam import scale_by_radam as scale_by_radam
+from optimjax.rprop import ScaleByRpropState as ScaleByRpropState
+from optimjax.rprop import rprop as rprop
+from optimjax.rprop import scale_by_rprop as scale_by_rprop
 
 __version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it, CHANGELOG.md lists it
 

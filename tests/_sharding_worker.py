@@ -41,6 +41,9 @@ SPECS = {
     "norm_scale": ((5,), P()),
     "temperature": ((), P()),
 }
+# Muon's Newton-Schulz contracts sharded dimensions, which jax's explicit mode refuses without an out_sharding (and
+# its table rows run an optax.partition, whose masked state this worker's placement check does not read): not run.
+NOT_SHARDED = {case.id for case in CASES if case.id.startswith("muon")}
 COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
 STEPS = 3
 
@@ -50,6 +53,18 @@ def spec_of(x) -> str:
     sharding = x.sharding
     name = str(sharding.spec) if isinstance(sharding, NamedSharding) else type(sharding).__name__
     return f"{name} on {len(sharding.device_set)} devices"
+
+
+def reduced_sharding(p, shape) -> NamedSharding | None:
+    """The sharding of p with the dims that `shape` reduces to 1 unsharded (a 0-d shape: replicated); None when
+    `shape` is not such a reduction of p's shape."""
+    mesh = p.sharding.mesh
+    if shape == ():
+        return NamedSharding(mesh, P())
+    if len(shape) != p.ndim or any(n not in (1, m) for n, m in zip(shape, p.shape)):
+        return None
+    spec = tuple(p.sharding.spec) + (None,) * (p.ndim - len(p.sharding.spec))
+    return NamedSharding(mesh, P(*(axis if n == m else None for axis, n, m in zip(spec, shape, p.shape))))
 
 
 def placement_mismatches(state, params, eager: bool) -> list[str]:
@@ -67,7 +82,14 @@ def placement_mismatches(state, params, eager: bool) -> list[str]:
         where = jax.tree_util.keystr(path)
         if is_param_shaped(node):
             for (leaf_path, s), p in zip(jax.tree_util.tree_leaves_with_path(node), jax.tree.leaves(params)):
-                if not s.sharding.is_equivalent_to(p.sharding, p.ndim):
+                if s.shape != p.shape:  # Adafactor's factors and placeholders: sharded like p on the dims kept
+                    kept = reduced_sharding(p, s.shape)
+                    if s.shape == () and eager and not s.committed:
+                        continue
+                    if kept is None or not s.sharding.is_equivalent_to(kept, s.ndim):
+                        bad.append(f"{where}{jax.tree_util.keystr(leaf_path)}: {spec_of(s)} with shape {s.shape}, "
+                                   f"param: {spec_of(p)}")
+                elif not s.sharding.is_equivalent_to(p.sharding, p.ndim):
                     bad.append(f"{where}{jax.tree_util.keystr(leaf_path)}: {spec_of(s)}, param: {spec_of(p)}")
         elif node.shape != ():
             bad.append(f"{where}: shape {node.shape} is neither shaped like the params nor a scalar")
@@ -161,6 +183,8 @@ def main() -> None:
         "cases": {},
     }
     for i, case in enumerate(CASES):
+        if case.id in NOT_SHARDED:
+            continue
         print(f"[{i + 1}/{len(CASES)}] {case.id}", file=sys.stderr, flush=True)
         tx = case.optimjax()
         # The reference: the same steps on one device, from the same host numbers.

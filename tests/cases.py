@@ -47,6 +47,54 @@ def float64():
         torch.set_default_dtype(default)
 
 
+def muon_and_adamw(learning_rate=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                   ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
+                   ns_dtype=jnp.bfloat16):
+    """optimjax.muon on the matrices and optimjax.adamw (same learning rate) on every other leaf: the partition
+    the README shows, and the way the table's problem (with 0-d, 1-D and 3-D leaves) can run Muon at all. (Named
+    arguments, not **kwargs, so that optax.inject_hyperparams can read them.)"""
+    labels = lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", params)  # noqa: E731
+    muon = oj.muon(learning_rate, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn,
+                   ns_dtype)
+    return optax.partition({"muon": muon, "adamw": oj.adamw(learning_rate)}, labels)
+
+
+def newton_schulz_in_grad_dtype(grad, ns_coefficients, ns_steps, eps):
+    """torch.optim._muon._zeropower_via_newtonschulz's operations without its cast to bfloat16: in the gradient's
+    dtype, so that optimjax.muon(ns_dtype=None) can be checked against torch's algorithm in float32 and float64."""
+    a, b, c = ns_coefficients
+    x = grad.clone()
+    if grad.size(0) > grad.size(1):
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if grad.size(0) > grad.size(1) else x
+
+
+class TorchMuonAndAdamW:
+    """torch.optim.Muon on the 2-D params and torch.optim.AdamW (same lr) on the others, stepped together; with
+    `ns_in_grad_dtype`, Muon's Newton-Schulz runs `newton_schulz_in_grad_dtype` (torch's own is bfloat16)."""
+
+    def __init__(self, params, foreach=False, ns_in_grad_dtype=True, **muon_kwargs):
+        self.ns_in_grad_dtype = ns_in_grad_dtype
+        self.muon = torch.optim.Muon([p for p in params if p.ndim == 2], **muon_kwargs)
+        self.adamw = torch.optim.AdamW([p for p in params if p.ndim != 2], lr=muon_kwargs["lr"], foreach=foreach)
+
+    def step(self):
+        import torch.optim._muon as torch_muon
+
+        original = torch_muon._zeropower_via_newtonschulz
+        if self.ns_in_grad_dtype:
+            torch_muon._zeropower_via_newtonschulz = newton_schulz_in_grad_dtype
+        try:
+            self.muon.step()
+        finally:
+            torch_muon._zeropower_via_newtonschulz = original
+        self.adamw.step()
+
+
 T = torch.optim
 CASES = [
     Case("sgd", oj.sgd, dict(learning_rate=0.05), T.SGD, dict(lr=0.05)),
@@ -86,6 +134,32 @@ CASES = [
     Case("adadelta", oj.adadelta, dict(learning_rate=1.0), T.Adadelta, dict(lr=1.0)),
     Case("adadelta_wd", oj.adadelta, dict(learning_rate=0.5, rho=0.8, eps=1e-5, weight_decay=0.1), T.Adadelta,
          dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.1)),
+    Case("radam", oj.radam, dict(learning_rate=1e-2), T.RAdam, dict(lr=1e-2)),
+    Case("radam_wd_eps_maximize", oj.radam,
+         dict(learning_rate=1e-2, b1=0.8, b2=0.99, eps=1e-3, weight_decay=0.1, maximize=True),
+         T.RAdam, dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.1, maximize=True)),
+    Case("radam_decoupled_wd", oj.radam, dict(learning_rate=1e-2, weight_decay=0.1, decoupled_weight_decay=True),
+         T.RAdam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+    Case("adamax", oj.adamax, dict(learning_rate=2e-2), T.Adamax, dict(lr=2e-2)),
+    Case("adamax_wd", oj.adamax, dict(learning_rate=2e-2, b1=0.8, b2=0.95, eps=1e-3, weight_decay=0.1), T.Adamax,
+         dict(lr=2e-2, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1)),
+    Case("asgd_averaging_wd", oj.asgd, dict(learning_rate=0.05, lambd=0.05, alpha=0.6, t0=20.0, weight_decay=0.05),
+         T.ASGD, dict(lr=0.05, lambd=0.05, alpha=0.6, t0=20.0, weight_decay=0.05)),
+    Case("rprop", oj.rprop, dict(learning_rate=1e-2), T.Rprop, dict(lr=1e-2)),
+    Case("rprop_etas_step_sizes_maximize", oj.rprop,
+         dict(learning_rate=2e-2, etas=(0.3, 1.5), step_sizes=(5e-3, 0.1), maximize=True), T.Rprop,
+         dict(lr=2e-2, etas=(0.3, 1.5), step_sizes=(5e-3, 0.1), maximize=True)),
+    Case("adafactor", oj.adafactor, dict(learning_rate=1e-2), T.Adafactor, dict(lr=1e-2)),
+    Case("adafactor_all_options", oj.adafactor,
+         dict(learning_rate=0.05, beta2_decay=-0.5, eps=(1e-3, 0.3), d=1.5, weight_decay=0.1), T.Adafactor,
+         dict(lr=0.05, beta2_decay=-0.5, eps=(1e-3, 0.3), d=1.5, weight_decay=0.1)),
+    Case("muon_nesterov_wd", muon_and_adamw, dict(learning_rate=0.02, ns_dtype=None), TorchMuonAndAdamW,
+         dict(lr=0.02)),
+    Case("muon_momentum_match_rms_adamw", muon_and_adamw,
+         dict(learning_rate=0.02, momentum=0.8, nesterov=False, weight_decay=0.05, ns_steps=3,
+              ns_coefficients=(3.0, -3.2, 1.2), adjust_lr_fn="match_rms_adamw", ns_dtype=None), TorchMuonAndAdamW,
+         dict(lr=0.02, momentum=0.8, nesterov=False, weight_decay=0.05, ns_steps=3, ns_coefficients=(3.0, -3.2, 1.2),
+              adjust_lr_fn="match_rms_adamw")),
 ]
 CASE_IDS = [c.id for c in CASES]
 

@@ -201,7 +201,10 @@ def test_bad_hyperparameters_raise_at_construction_naming_the_argument(factory, 
         factory(**kwargs)
 
 
-@case_params
+# The Muon rows run optax.partition, which reports a wrong tree itself (a jax pytree error naming the differing key);
+# optimjax.muon's own message is checked in tests/test_new_optimizers.py.
+@pytest.mark.parametrize("case", [c for c in CASES if not c.id.startswith("muon")],
+                         ids=[c.id for c in CASES if not c.id.startswith("muon")])
 def test_mismatched_gradient_tree_gets_a_clear_error(case):
     tx = case.optimjax()
     params, grads = params_and_grads()

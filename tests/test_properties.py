@@ -155,6 +155,20 @@ SPECS = [
           "initial_accumulator_value": "nonnegative", "eps": "nonnegative"}),
     Spec(optimjax.adadelta, lambda d: kwargs(learning_rate=LR, rho=unit(), eps=eps_for(d), weight_decay=WD),
          {"learning_rate": "nonnegative", "rho": "beta", "eps": "nonnegative", "weight_decay": "nonnegative"}),
+    Spec(optimjax.radam, lambda d: kwargs(learning_rate=LR, b1=unit(), b2=unit(0, 0.9999), eps=eps_for(d),
+                                          weight_decay=WD, decoupled_weight_decay=st.booleans()), ADAM_RANGES),
+    Spec(optimjax.adamax, lambda d: kwargs(learning_rate=LR, b1=unit(), b2=unit(0, 0.9999), eps=eps_for(d),
+                                           weight_decay=WD), ADAM_RANGES, adam_family=True),
+    # lambd = 0: its decay term moves the parameters even with a zero gradient, like weight decay.
+    Spec(optimjax.asgd, lambda d: kwargs(learning_rate=LR, lambd=st.just(0.0), alpha=unit(0.0, 1.0),
+                                         t0=st.sampled_from([0.0, 1.0, 1e6]), weight_decay=WD),
+         {"learning_rate": "nonnegative", "lambd": "nonnegative", "alpha": "nonnegative", "t0": "nonnegative",
+          "weight_decay": "nonnegative"}),
+    Spec(optimjax.rprop, lambda d: kwargs(learning_rate=LR, etas=st.tuples(unit(0.1, 0.9), unit(1.1, 2.0))),
+         {"learning_rate": "nonnegative"}),
+    Spec(optimjax.adafactor, lambda d: kwargs(learning_rate=LR, beta2_decay=st.floats(-1.0, 0.0), d=unit(1.0, 3.0),
+                                              weight_decay=WD),
+         {"learning_rate": "nonnegative", "d": "nonnegative", "weight_decay": "nonnegative"}),
 ]
 
 
@@ -169,7 +183,7 @@ def problems(draw, spec: Spec, dtypes=DTYPES, weight_decay: bool = True, max_lea
     array leaf."""
     dtype = draw(st.sampled_from(dtypes))
     hyper = draw(spec.hyper(dtype))
-    if not weight_decay:
+    if not weight_decay and "weight_decay" in hyper:
         hyper["weight_decay"] = 0.0
     tree = draw(trees(max_leaves).filter(has_array) if needs_array else trees(max_leaves))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))

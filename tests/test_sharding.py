@@ -24,6 +24,11 @@ import pytest
 
 from cases import CASE_IDS
 
+# Adafactor reduces across shards (row and column sums of g**2, the norms of the params and of the update): its
+# step all-reduces, and sums in another order than on one device. Muon is not run sharded (see _sharding_worker).
+REDUCING = {"adafactor", "adafactor_all_options"}
+SHARDED_IDS = [case_id for case_id in CASE_IDS if not case_id.startswith("muon")]
+
 TESTS = Path(__file__).parent
 EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
 MODES = ["auto", "explicit"]
@@ -66,7 +71,7 @@ def test_sharded_checkpoint_restores_onto_the_target_shardings(report):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize("case_id", SHARDED_IDS)
 def test_state_is_sharded_like_params(report, case_id, mode):
     facts = report["cases"][case_id][mode]
     assert facts["eager_init"] == [], "eager init"
@@ -76,17 +81,18 @@ def test_state_is_sharded_like_params(report, case_id, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize("case_id", SHARDED_IDS)
 def test_update_has_no_collectives(report, case_id, mode):
-    assert report["cases"][case_id][mode]["collectives"] == []
+    assert report["cases"][case_id][mode]["collectives"] == (["all-reduce"] if case_id in REDUCING else [])
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize("case_id", SHARDED_IDS)
 def test_sharded_steps_equal_one_device_steps(report, case_id, mode):
     case = report["cases"][case_id]
     assert case["max_abs_move"] > 1e-3, "the parameters did not move: the comparison would be vacuous"
-    assert case[mode]["max_abs_diff_vs_one_device"] == 0.0
+    tolerance = 1e-6 * case["max_abs_move"] if case_id in REDUCING else 0.0  # float32 sums in another order
+    assert case[mode]["max_abs_diff_vs_one_device"] <= tolerance
 
 
 def test_sharded_training_example():

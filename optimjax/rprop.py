@@ -1,0 +1,128 @@
+"""Rprop, resilient backpropagation: `scale_by_rprop`, `rprop`."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimjax._checks import check_learning_rate, check_range, concrete_value
+from optimjax._maximize import maybe_maximize
+from optimjax._tree import check_tree, full_like, like, next_count, zeros_like
+
+
+class ScaleByRpropState(NamedTuple):
+    """State of `scale_by_rprop` (torch's `step`, `prev` and `step_size`).
+
+    Attributes:
+      count: int32 number of updates so far, t.
+      prev: the previous step's gradient, zeroed where its sign flipped, in the params' dtype.
+      step_size: the per-element step size, in the params' dtype (starts at the learning rate).
+    """
+
+    count: jax.Array
+    prev: Any
+    step_size: Any
+
+
+def check_pair(where: str, name: str, value: Any) -> tuple[Any, Any]:
+    """A (low, high) pair of numbers, as torch's `etas` and `step_sizes`."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{where}: {name} must be a pair (low, high), got {value!r}")
+    return value[0], value[1]
+
+
+def scale_by_rprop(
+    learning_rate: optax.ScalarOrSchedule = 1e-2,
+    etas: tuple[float, float] = (0.5, 1.2),
+    step_sizes: tuple[float, float] = (1e-6, 50.0),
+) -> optax.GradientTransformation:
+    """Rprop's update: Riedmiller & Braun (1993), "A Direct Adaptive Method for Faster Backpropagation Learning:
+    The RPROP Algorithm", IEEE ICNN; torch.optim.Rprop's variant (Rprop without weight backtracking):
+
+        s_t = min(s_{t-1} * eta_plus, step_max)     where g_t * g_{t-1} > 0
+        s_t = max(s_{t-1} * eta_minus, step_min),  g_t <- 0     where g_t * g_{t-1} < 0
+        s_t = s_{t-1}                               where g_t * g_{t-1} = 0
+        theta_t = theta_{t-1} - sign(g_t) * s_t,    g_{t-1} <- g_t (as zeroed)
+
+    with s_0 = lr_0 and g_0 = 0, so the first update is -lr * sign(g_1), as in torch. optax.scale_by_rprop
+    emits the previous step's update (its first update is 0), so its trajectory is one step behind torch's.
+
+    The learning rate is only the initial step size: as in torch (where an LRScheduler changes the group's lr
+    but not the step sizes already in the state), a schedule is read once, at step 0, and an injected learning
+    rate only at `init`. The update is returned with its sign (no `scale_by_learning_rate` follows).
+
+    Args:
+      learning_rate: the initial step size s_0 >= 0 (a schedule is evaluated at step 0).
+      etas: (eta_minus, eta_plus) with 0 < eta_minus < 1 < eta_plus (torch's check).
+      step_sizes: (step_min, step_max), the clamp of s_t, with 0 <= step_min <= step_max.
+    """
+    where = "scale_by_rprop"
+    check_learning_rate(where, learning_rate)
+    eta_minus, eta_plus = check_pair(where, "etas", etas)
+    step_min, step_max = check_pair(where, "step_sizes", step_sizes)
+    check_range(where, "etas[0]", eta_minus, 0.0, 1.0)
+    if concrete_value(eta_minus) == 0:
+        raise ValueError(f"{where}: etas[0] must be in (0, 1), got {eta_minus!r}")
+    check_range(where, "etas[1]", eta_plus, 1.0)
+    if concrete_value(eta_plus) == 1:
+        raise ValueError(f"{where}: etas[1] must be > 1, got {eta_plus!r}")
+    check_range(where, "step_sizes[0]", step_min)
+    check_range(where, "step_sizes[1]", step_max, concrete_value(step_min) or 0.0)
+    initial = learning_rate(0) if callable(learning_rate) else learning_rate
+
+    def init_fn(params):
+        return ScaleByRpropState(count=jnp.zeros([], jnp.int32), prev=zeros_like(params),
+                                 step_size=full_like(params, initial))
+
+    def update_fn(updates, state, params=None):
+        del params
+        check_tree(where, updates, state.prev)
+        count, _ = next_count(state.count)
+
+        def step_size(g, prev, s):
+            product = g * prev.astype(g.dtype)
+            factor = jnp.where(product > 0, like(eta_plus, s), jnp.where(product < 0, like(eta_minus, s), 1))
+            return jnp.clip(s * factor, like(step_min, s), like(step_max, s))
+
+        def kept_gradient(g, prev):  # zeroed where the sign flipped: no step there, and no flip test next time
+            return jnp.where(g * prev.astype(g.dtype) < 0, jnp.zeros_like(g), g)
+
+        step_sizes_t = jax.tree.map(step_size, updates, state.prev, state.step_size)
+        kept = jax.tree.map(kept_gradient, updates, state.prev)
+        updates = jax.tree.map(lambda g, s: -jnp.sign(g) * s.astype(g.dtype), kept, step_sizes_t)
+        prev = jax.tree.map(lambda g, p: g.astype(p.dtype), kept, state.prev)
+        return updates, ScaleByRpropState(count=count, prev=prev, step_size=step_sizes_t)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def rprop(
+    learning_rate: optax.ScalarOrSchedule = 1e-2,
+    etas: tuple[float, float] = (0.5, 1.2),
+    step_sizes: tuple[float, float] = (1e-6, 50.0),
+    maximize: bool = False,
+) -> optax.GradientTransformation:
+    """Rprop (Riedmiller & Braun, 1993): sign-based steps whose per-element sizes grow while the gradient keeps
+    its sign and shrink when it flips (see `scale_by_rprop` for the equations).
+
+    Same trajectory as `torch.optim.Rprop(lr, etas, step_sizes, maximize)`; `optax.rprop` is one step behind
+    (its first update is 0). Full-batch method: with noisy minibatch gradients the sign flips at random.
+
+    Examples:
+      The first step is -lr * sign(g); the second, with the same signs, 1.2 times larger:
+
+      >>> import jax.numpy as jnp, optax, optimjax
+      >>> tx = optimjax.rprop(learning_rate=0.1)
+      >>> params = jnp.array([1.0, -2.0])
+      >>> state = tx.init(params)
+      >>> for _ in range(2):
+      ...     updates, state = tx.update(jnp.array([0.5, -3.0]), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      ...     print(params)
+      [ 0.9 -1.9]
+      [ 0.78 -1.78]
+    """
+    return optax.chain(*maybe_maximize(maximize), scale_by_rprop(learning_rate, etas, step_sizes))
