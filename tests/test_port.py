@@ -371,6 +371,11 @@ def test_new_families_state_is_torchs_exactly(case):
         inner = next(s for s in state if isinstance(s, oj.ScaleByAsgdState))
         assert inner.eta == saved["state"][0]["eta"].item() and inner.mu == saved["state"][0]["mu"].item()
         assert inner.eta != case.kwargs["learning_rate"]  # has decayed: a loaded value, not the initial one
+    if case.torch_cls is TorchMuonAndAdamW:  # Muon's state counts no steps, nor does torch's: no step=N needed
+        _, part, masked, paths, _ = next(muon_parts(case, current, optimizer))
+        alone = port.state_dict(part, state.inner_states["muon"].inner_state, masked, paths, optimizer.muon)
+        torch.testing.assert_close(alone["state"][0]["momentum_buffer"], saved["muon"]["state"][0]["momentum_buffer"],
+                                   rtol=0, atol=0)
     fresh = case.torch(list(torch_params(problem.params0).values()))
     save(case, tx, state, current, fresh)
     pairs = ([(fresh.muon, optimizer.muon), (fresh.adamw, optimizer.adamw)] if case.torch_cls is TorchMuonAndAdamW
