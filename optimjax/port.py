@@ -521,9 +521,11 @@ def state_dict(tx: optax.GradientTransformation, state: Any, params: Any, paths:
         without lr_decay, Adadelta, RMSprop without momentum); checked against the state's count otherwise.
 
     Per-element tensors are converted with the leaf's `to_torch` and keep the state's dtype (bfloat16 goes through
-    float32; torch casts to the parameter's dtype on loading); `step` and `mu_product` are 0-d tensors in torch's
-    scalar dtype (float64 under a float64 default dtype, else float32). A state that has not stepped (count 0)
-    gives no per-parameter state, as a fresh torch optimizer has (Adagrad: its initial state).
+    float32; torch casts to the parameter's dtype on loading); `step` and the per-parameter scalars (NAdam's
+    `mu_product`, ASGD's `eta` and `mu`) are 0-d tensors in torch's scalar dtype (float64 under a float64 default
+    dtype, else float32). A state that has not stepped (count 0) gives no per-parameter state, as a fresh torch
+    optimizer has (Adagrad: its initial state); a state that counts no steps (Muon's) is always written (torch
+    starting from a zero momentum buffer is torch starting fresh).
     """
     import torch
 
