@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range
-from optimjax._maximize import maybe_maximize
 from optimjax._tree import bias_correction, check_tree, lerp, like, next_count, zeros_like
-from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
 
@@ -103,7 +102,7 @@ def adamax(
     check_learning_rate("adamax", learning_rate)
     check_range("adamax", "weight_decay", weight_decay)
     return optax.chain(
-        *maybe_maximize(maximize),
+        *maximizing("adamax", maximize),
         add_decayed_weights(weight_decay),
         scale_by_adamax(b1, b2, eps, mu_dtype),
         scale_by_learning_rate(learning_rate),
