@@ -18,10 +18,10 @@ from optimjax.clipping import clip_grad_norm as clip_grad_norm
 from optimjax.clipping import clip_grad_value as clip_grad_value
 from optimjax.clipping import total_grad_norm as total_grad_norm
 from optimjax import fused as fused
+from optimjax import port as port
 from optimjax.lbfgs import Lbfgs as Lbfgs
 from optimjax.lbfgs import LbfgsState as LbfgsState
 from optimjax.lbfgs import lbfgs as lbfgs
-from optimjax import port as port
 from optimjax.learning_rate import ScaleByLearningRateState as ScaleByLearningRateState
 from optimjax.learning_rate import scale_by_learning_rate as scale_by_learning_rate
 from optimjax.muon import ScaleByMuonState as ScaleByMuonState

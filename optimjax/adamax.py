@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range
+from optimjax._kernels import ADAMAX, Kernel, fused_kernel
 from optimjax._tree import bias_correction, check_tree, lerp, like, next_count, zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
@@ -71,6 +72,19 @@ def scale_by_adamax(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _adamax_kernel(learning_rate, b1, b2, eps, weight_decay, maximize, **_) -> Kernel:
+    """The one-pass kernel of `adamax`: m, u and 1 / (1 - b1**t) per step."""
+
+    def coefficients(state):  # fused_step.cc: w1 = 1 - b1, b2, eps, 1 / (1 - b1**t)
+        count, t = next_count(state.count)
+        return [1 - b1, b2, eps, 1 / bias_correction(b1, t)], {"count": count}
+
+    lerp_second_form = bool(abs(1 - b1) >= 0.5)  # torch.lerp's formula for a weight >= 0.5
+    return Kernel("adamax", ADAMAX, ScaleByAdamaxState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
+                  True, (lerp_second_form, False), maximize)
+
+
+@fused_kernel(_adamax_kernel)
 def adamax(
     learning_rate: optax.ScalarOrSchedule = 2e-3,
     b1: float = 0.9,

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_learning_rate, check_range
+from optimjax._kernels import ASGD, Kernel, fused_kernel
 from optimjax._tree import check_tree, like, next_count, placed_like, scalar_dtype
 from optimjax.learning_rate import maximizing
 from optimjax.weight_decay import add_decayed_weights
@@ -28,6 +29,17 @@ class ScaleByAsgdState(NamedTuple):
     eta: jax.Array
     mu: jax.Array
     ax: Any
+
+
+def asgd_scalars(learning_rate: optax.ScalarOrSchedule, lambd: float, alpha: float, t0: float,
+                 count: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """ASGD's state scalars after the step that follows `count` updates (shared by `scale_by_asgd` and the fused
+    kernel of `optimjax.fused`): the new count, eta_{t+1} and mu_{t+1}, in the scalar dtype."""
+    lr = jnp.asarray(learning_rate(count) if callable(learning_rate) else learning_rate, scalar_dtype())
+    count, t = next_count(count)
+    eta = lr / (1 + lambd * lr * t) ** alpha
+    mu = 1 / jnp.maximum(1, t - t0)
+    return count, eta.astype(scalar_dtype()), mu.astype(scalar_dtype())
 
 
 def scale_by_asgd(
@@ -96,16 +108,23 @@ def scale_by_asgd(
             return jnp.where(mu == 1, new, ax + (new - ax) * like(mu, ax))
 
         ax = jax.tree.map(average, state.ax, params, updates)
-        lr = jnp.asarray(lr_at(state.count), scalar_dtype())
-        count, t = next_count(state.count)
-        eta = lr / (1 + lambd * lr * t) ** alpha
-        mu = 1 / jnp.maximum(1, t - t0)
-        return updates, ScaleByAsgdState(count=count, eta=eta.astype(scalar_dtype()), mu=mu.astype(scalar_dtype()),
-                                         ax=ax)
+        count, eta, mu = asgd_scalars(learning_rate, lambd, alpha, t0, state.count)
+        return updates, ScaleByAsgdState(count=count, eta=eta, mu=mu, ax=ax)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _asgd_kernel(learning_rate, lambd, alpha, t0, weight_decay, maximize, **_) -> Kernel:
+    """The one-pass kernel of `asgd`: ax, and the state's eta and mu; the update holds eta (no learning rate)."""
+
+    def coefficients(state):  # fused_step.cc: 1 - lambd * eta, eta, mu, mu == 1
+        count, eta, mu = asgd_scalars(learning_rate, lambd, alpha, t0, state.count)
+        return [1 - lambd * state.eta, state.eta, state.mu, state.mu == 1], {"count": count, "eta": eta, "mu": mu}
+
+    return Kernel("asgd", ASGD, ScaleByAsgdState, ("ax",), coefficients, None, weight_decay, maximize=maximize)
+
+
+@fused_kernel(_asgd_kernel)
 def asgd(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
     lambd: float = 1e-4,

@@ -7,7 +7,7 @@ torch's `fused=True` reaches with hand-written kernels. `optimjax.fused` does th
 called through XLA's FFI, updates the parameters and the state of every leaf in one pass, in place (the outputs
 alias the inputs), on all the cores of XLA's CPU thread pool, in one call per 32 leaves. `of` takes the optimjax
 optimizer itself; the kernel runs `adam`, `adamw`, `nadam`, `nadamw`, `sgd` / `momentum` / `nesterov`, `rmsprop`
-(plain) and `adagrad`, with their hyperparameters, schedules and `maximize`:
+(plain), `adagrad`, `radam`, `adamax`, `rprop` and `asgd`, with their hyperparameters, schedules and `maximize`:
 
     opt = optimjax.fused.of(optimjax.adamw(learning_rate=1e-3, weight_decay=1e-2))
     state = opt.init(params)                       # the state of optimjax.adamw(...), exactly
@@ -24,8 +24,8 @@ file and the kernel. Other transformations, and options the kernel lacks, take t
 
 Same numbers: the kernel does the per-element arithmetic written in the transforms' docstrings (torch.optim's
 single-tensor path) operation by operation, in the same order, each operation rounded once (no contraction into
-FMA, no fast-math), with the per-step scalars (bias corrections, NAdam's momentum products, the learning rate)
-computed by the transforms' own JAX functions. One step is bit-identical to a numpy float32 transcription of the
+FMA, no fast-math), with the per-step scalars (bias corrections, NAdam's momentum products, RAdam's
+rectification, ASGD's step size, the learning rate) computed by the transforms' own JAX functions. One step is bit-identical to a numpy float32 transcription of the
 equations, and trajectories follow torch.optim as closely as the plain optimizers do (tests/test_fused.py). The
 plain optimizer's compiled XLA program agrees to a few float32 ulp, not bit for bit: XLA:CPU contracts some
 multiply-adds into FMAs and turns a division by sqrt(1 - b2**t) into a multiplication by its rsqrt.
@@ -351,20 +351,21 @@ def _hyperparameter(value: Any, state: Any) -> tuple[Any, Any]:
     return value, state
 
 
-def _chain_parts(kernel: Kernel, state: Any) -> tuple[int, int, int]:
-    """Where the decay, direction and learning-rate states are in the chain's state (see `Kernel`)."""
+def _chain_parts(kernel: Kernel, state: Any) -> tuple[int, int, int | None]:
+    """Where the decay, direction and learning-rate states are in the chain's state (see `Kernel`); no
+    learning-rate state (None) when the direction holds the learning rate."""
     parts = tuple(state)
     direction = next(i for i, part in enumerate(parts) if isinstance(part, kernel.state))
     decay = direction - 1 if kernel.coupled else direction + 1
-    return decay, direction, len(parts) - 1
+    return decay, direction, None if kernel.learning_rate is None else len(parts) - 1
 
 
 def of(optimizer: optax.GradientTransformation, *, flat_state: bool = False) -> FusedOptimizer:
     """The fused step of an optimjax optimizer: its update and `optax.apply_updates` in one pass on CPU.
 
     `optimizer` is the optimizer as its function returns it: `optimjax.adam`, `adamw`, `nadam`, `nadamw`, `sgd`
-    with momentum (`momentum`, `nesterov`), plain `rmsprop` and `adagrad`, with any of their hyperparameters,
-    schedules and `maximize`. Anything else steps with `optimizer.update` and `optax.apply_updates` (one jitted
+    with momentum (`momentum`, `nesterov`), plain `rmsprop`, `adagrad`, `radam`, `adamax`, `rprop` and `asgd`,
+    with any of their hyperparameters, schedules and `maximize`. Anything else steps with `optimizer.update` and `optax.apply_updates` (one jitted
     program still), with a warning naming why: another transformation (optax's own, one chained or wrapped by
     optax), or an option the kernel lacks (AMSGrad, eps_root, a decay mask, centered RMSprop, RMSprop with
     momentum). Plain SGD falls back silently: without state, XLA already makes one pass.
@@ -389,7 +390,7 @@ def of(optimizer: optax.GradientTransformation, *, flat_state: bool = False) -> 
     if not isinstance(kernel, Kernel):
         if kernel is None:
             kernel = ("the optimizer is not one of optimjax's optimizers with a kernel (adam, adamw, nadam, nadamw, "
-                      "sgd with momentum, rmsprop, adagrad) as its function returns it")
+                      "sgd with momentum, rmsprop, adagrad, radam, adamax, rprop, asgd) as its function returns it")
         if kernel:
             warnings.warn(f"optimjax.fused.of: the XLA path (update, then apply_updates) instead of the fused "
                           f"kernel: {kernel}", stacklevel=2)
@@ -428,7 +429,9 @@ def of(optimizer: optax.GradientTransformation, *, flat_state: bool = False) -> 
         decay = 0.0
         if decays:
             decay, state[decay_at] = _hyperparameter(kernel.weight_decay, state[decay_at])
-        lr, state[lr_at] = _hyperparameter(kernel.learning_rate, state[lr_at])
+        lr = 0.0  # unused by a family that holds its learning rate
+        if lr_at is not None:
+            lr, state[lr_at] = _hyperparameter(kernel.learning_rate, state[lr_at])
         coefficients = [*coefficients, *[0.0] * (FAMILY_COEFFICIENTS - len(coefficients)), decay, -lr,
                         -1.0 if kernel.maximize else 1.0]  # each cast to the params' dtype, as `like` does
         params, *arrays = _fused_update(coefficients, params, grads, arrays, kernel.family, flags, flat_state)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value
+from optimjax._kernels import RADAM, Kernel, fused_kernel
 from optimjax._tree import bias_correction, check_tree, like, moments, next_count, zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
@@ -87,6 +88,18 @@ def radam_scalars(b2: Any, t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Arra
     return rho_t, jnp.sqrt(bc2), rect
 
 
+def radam_step_scalars(b1: Any, b2: Any, start: int | None, count: jax.Array, t: jax.Array):
+    """RAdam's scalars at step t (shared by `scale_by_radam` and the fused kernel of `optimjax.fused`): 1 - b1**t,
+    sqrt(1 - b2**t), r_t and whether the step is rectified (rho_t > 5), decided from `start`, the
+    `rectification_start` of b2, or in the scalar dtype when that is None (b2 traced or too close to 2/3)."""
+    rho_t, bc2_sqrt, rect = radam_scalars(b2, t)
+    if start is None:
+        rectified = rho_t > 5
+    else:
+        rectified = count >= start if start < NEVER else jnp.asarray(False)
+    return bias_correction(b1, t), bc2_sqrt, rect, rectified
+
+
 def scale_by_radam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -132,12 +145,7 @@ def scale_by_radam(
         del params
         check_tree(where, updates, state.mu)
         count, t = next_count(state.count)
-        bc1 = bias_correction(b1, t)
-        rho_t, bc2_sqrt, rect = radam_scalars(b2, t)
-        if start is None:  # b2 traced (inject_hyperparams): decided in the scalar dtype
-            rectified = rho_t > 5
-        else:
-            rectified = count >= start if start < NEVER else jnp.asarray(False)
+        bc1, bc2_sqrt, rect, rectified = radam_step_scalars(b1, b2, start, count, t)
         mu, nu = moments(updates, state.mu, state.nu, b1, b2)
 
         def direction(m, v):
@@ -152,6 +160,22 @@ def scale_by_radam(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _radam_kernel(learning_rate, b1, b2, eps, weight_decay, decoupled_weight_decay, maximize, **_) -> Kernel | str:
+    """The one-pass kernel of `radam`: m, v and `radam_step_scalars` per step."""
+    b2_value = concrete_value(b2)
+    start = rectification_start(b2_value) if b2_value is not None else None
+
+    def coefficients(state):  # fused_step.cc: w1 = 1 - b1, b2, 1 - b2, bc1, sqrt(1 - b2**t), eps, r_t, rectified
+        count, t = next_count(state.count)
+        bc1, bc2_sqrt, rect, rectified = radam_step_scalars(b1, b2, start, count, t)
+        return [1 - b1, b2, 1 - b2, bc1, bc2_sqrt, eps, rect, rectified], {"count": count}
+
+    lerp_second_form = bool(abs(1 - b1) >= 0.5)  # torch.lerp's formula for a weight >= 0.5
+    return Kernel("radam", RADAM, ScaleByRadamState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
+                  not decoupled_weight_decay, (lerp_second_form, False), maximize)
+
+
+@fused_kernel(_radam_kernel)
 def radam(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     b1: float = 0.9,

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_learning_rate, check_range, concrete_value
+from optimjax._kernels import RPROP, Kernel, fused_kernel
 from optimjax._tree import check_tree, full_like, like, next_count, zeros_like
 from optimjax.learning_rate import maximizing
 
@@ -96,6 +97,18 @@ def scale_by_rprop(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _rprop_kernel(etas, step_sizes, maximize, **_) -> Kernel:
+    """The one-pass kernel of `rprop`: prev and the step sizes; the update holds the step sizes (no learning rate)."""
+    (eta_minus, eta_plus), (step_min, step_max) = etas, step_sizes
+
+    def coefficients(state):  # fused_step.cc: eta_plus, eta_minus, step_min, step_max
+        count, _ = next_count(state.count)
+        return [eta_plus, eta_minus, step_min, step_max], {"count": count}
+
+    return Kernel("rprop", RPROP, ScaleByRpropState, ("prev", "step_size"), coefficients, None, maximize=maximize)
+
+
+@fused_kernel(_rprop_kernel)
 def rprop(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
     etas: tuple[float, float] = (0.5, 1.2),

@@ -22,6 +22,7 @@ import optimjax as oj
 from optimjax._kernels import Kernel, kernel_of
 from optimjax.adam import adam_scalars
 from optimjax.nadam import nadam_scalars
+from optimjax.radam import radam_step_scalars, rectification_start
 from cases import CASES, Problem, float64
 
 # Every case of the table whose optimizer has a kernel (not AMSGrad, centered RMSprop or RMSprop with momentum,
@@ -173,6 +174,129 @@ def test_one_step_is_the_documented_float32_arithmetic_bit_for_bit(kind, hyper):
     assert all(int(c) == STEP_COUNT + 1 for c in jax.tree.leaves(new_state) if c.dtype == jnp.int32)
 
 
+def _numpy_new_step(kind, hyper, p, g, states, scalars):
+    """One step of RAdam, Adamax, Rprop or ASGD as torch.optim's single-tensor path writes it, each operation
+    rounded to float32 (for RAdam and ASGD, in the order of optimjax's docstrings, which torch rounds differently).
+
+    `scalars`: the per-step scalars (RAdam: bc1, sqrt(1 - b2**t), r_t, rectified; Adamax: t; ASGD: eta, mu)."""
+    f32 = np.float32
+    if kind != "rprop" and hyper.get("maximize"):
+        g = -g
+    wd = f32(hyper.get("weight_decay", 0.0))
+    decoupled = hyper.get("decoupled_weight_decay", False)
+    if wd and not decoupled:
+        g = g + wd * p
+    if kind in ("radam", "adamax"):
+        b1, b2, eps = hyper.get("b1", 0.9), hyper.get("b2", 0.999), f32(hyper.get("eps", 1e-8))
+        m, second = states
+        w = f32(1 - b1)
+        m = m + w * (g - m) if abs(1 - b1) < 0.5 else g - (g - m) * (f32(1) - w)
+        if kind == "radam":
+            bc1, bc2_sqrt, rect, rectified = scalars
+            v = second * f32(b2) + (f32(1 - b2) * g) * g
+            m_hat = m / bc1
+            d = (m_hat * (bc2_sqrt / (np.sqrt(v) + eps))) * rect if rectified else m_hat
+            new_states = [m, v]
+        else:
+            u = np.maximum(second * f32(b2), np.abs(g) + eps)  # NaN if either is, as torch.maximum
+            d = (m / u) * f32(1 / (1 - np.float64(b1) ** scalars))
+            new_states = [m, u]
+        if wd and decoupled:
+            d = d + wd * p
+        return p + (-f32(hyper["learning_rate"])) * d, new_states
+    if kind == "rprop":
+        if hyper.get("maximize"):
+            g = -g
+        (eta_minus, eta_plus), (step_min, step_max) = hyper["etas"], hyper["step_sizes"]
+        prev, s = states
+        q = g * prev
+        s = s * np.where(q > 0, f32(eta_plus), np.where(q < 0, f32(eta_minus), f32(1)))
+        s = np.minimum(np.maximum(s, f32(step_min)), f32(step_max))
+        kept = np.where(q < 0, f32(0), g)
+        sign = np.where(kept > 0, f32(1), np.where(kept < 0, f32(-1), kept))  # +-0 and NaN as they are
+        return p + (-sign) * s, [kept, s]
+    eta, mu = scalars  # asgd
+    (ax,) = states
+    new = p + ((p * (f32(1) - f32(hyper["lambd"]) * eta) - eta * g) - p)
+    return new, [new if mu == 1 else ax + (new - ax) * mu]
+
+
+NEW_ONE_STEP = [  # (kind, hyperparameters, step count before the step)
+    ("radam", dict(learning_rate=1e-2, b2=0.99, eps=1e-6), 4),  # rho_5 < 5: bias-corrected momentum
+    ("radam", dict(learning_rate=1e-2, b2=0.99, eps=1e-6), 9),  # rho_10 > 5: rectified
+    ("radam", dict(learning_rate=1e-2, b1=0.3, weight_decay=0.1, maximize=True), 99),
+    ("radam", dict(learning_rate=1e-2, weight_decay=0.1, decoupled_weight_decay=True), 99),
+    ("adamax", dict(learning_rate=2e-2), 4),
+    ("adamax", dict(learning_rate=2e-2, b1=0.3, b2=0.95, eps=1e-3, weight_decay=0.1, maximize=True), 4),
+    ("rprop", dict(learning_rate=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)), 4),
+    ("rprop", dict(learning_rate=1e-2, etas=(0.3, 1.5), step_sizes=(0.5, 1.5), maximize=True), 4),
+    ("asgd", dict(learning_rate=0.05, lambd=0.05, alpha=0.6, t0=2.0, weight_decay=0.05), 4),  # mu = 1/2
+    ("asgd", dict(learning_rate=0.05, lambd=1e-4, t0=1e6, maximize=True), 4),  # mu = 1: ax = theta
+]
+
+
+@pytest.mark.parametrize("kind,hyper,count", NEW_ONE_STEP, ids=[
+    f"{k}-{c}-{'-'.join(f'{n}={v}' for n, v in h.items())}" for k, h, c in NEW_ONE_STEP])
+def test_one_step_of_the_new_families_is_torchs_float32_arithmetic_bit_for_bit(kind, hyper, count):
+    """RAdam, Adamax, Rprop and ASGD after `count` steps: the kernel's step equals a numpy float32 transcription
+    bit for bit, NaN where torch has one (Adamax's max of a NaN, a NaN gradient); its per-step scalars are the
+    float64 formulas rounded to float32 within 4 ulp."""
+    fused = oj.fused.of(getattr(oj, kind)(**hyper))
+    rng = np.random.default_rng(11)
+    n = 2 * 65536 + 33  # several chunks of the kernel, the last one short
+    p, g = (rng.normal(size=n).astype(np.float32) for _ in range(2))
+    g[:5], p[5] = 0.0, -0.0
+    g[6], g[7] = -0.0, np.nan
+    state_arrays = [rng.normal(size=n).astype(np.float32), rng.exponential(size=n).astype(np.float32)]
+    if kind == "rprop":  # prev with zeros, as after a sign flip; step sizes around the learning rate
+        state_arrays = [np.where(rng.random(n) < 0.2, 0.0, state_arrays[0]).astype(np.float32),
+                        (0.02 * state_arrays[1]).astype(np.float32)]
+    elif kind == "asgd":
+        state_arrays = state_arrays[:1]
+    elif kind == "adamax":
+        state_arrays[1][8] = np.nan
+    b2, t = hyper.get("b2", 0.999), count + 1
+    eta, mu = np.float32(0.03), np.float32(1.0 if hyper.get("t0", 0) > t else 0.5)
+    supply = iter(state_arrays)
+
+    def fill(x):  # the state after `count` steps: the counts, ASGD's eta and mu, the given arrays
+        if x.shape == (n,):
+            return jnp.asarray(next(supply))
+        if x.dtype == jnp.int32:
+            return jnp.asarray(count, x.dtype)
+        return fill.scalars.pop(0)
+
+    fill.scalars = [jnp.asarray(eta), jnp.asarray(mu)] if kind == "asgd" else []
+    state = jax.tree.map(fill, fused.init(jnp.asarray(p)))
+    assert next(supply, None) is None and not fill.scalars
+    assert uses_kernel(fused, jnp.asarray(g), state, jnp.asarray(p))
+    new_p, new_state = jax.jit(fused.step)(jnp.asarray(g), state, jnp.asarray(p))
+
+    scalars = {"adamax": t, "asgd": (eta, mu)}.get(kind)
+    if kind == "radam":
+        start = rectification_start(b2)
+        got = radam_step_scalars(hyper.get("b1", 0.9), b2, start, jnp.asarray(t), jnp.asarray(t, jnp.float32))
+        scalars = [np.asarray(x, np.float32) for x in got[:3]] + [bool(got[3])]
+        b1, rho_inf = hyper.get("b1", 0.9), 2 / (1 - b2) - 1  # torch's formulas, in float64
+        rho_t = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        assert scalars[3] == (rho_t > 5) == (count >= 5)
+        want = [1 - b1**t, (1 - b2**t) ** 0.5] + ([rect] if rho_t > 5 else [])
+        np.testing.assert_allclose(scalars[: len(want)], want, rtol=4 * 2**-23)
+    want_p, want_states = _numpy_new_step(kind, hyper, p, g, state_arrays, scalars)
+    got_states = [x for x in jax.tree.leaves(new_state) if x.shape == (n,)]
+    assert len(got_states) == len(want_states)
+    for got, want in zip(got_states, want_states):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    np.testing.assert_array_equal(np.asarray(new_p), want_p)
+    assert np.isnan(np.asarray(new_p)[7])
+    assert all(int(c) == t for c in jax.tree.leaves(new_state) if c.dtype == jnp.int32)
+    if kind == "asgd":  # torch's eta_{t+1} = lr / (1 + lambd lr t)**alpha and mu_{t+1} = 1 / max(1, t - t0)
+        lr, lambd, alpha = hyper["learning_rate"], hyper["lambd"], hyper.get("alpha", 0.75)
+        np.testing.assert_allclose(float(new_state[-1].eta), lr / (1 + lambd * lr * t) ** alpha, rtol=4e-7)
+        assert new_state[-1].mu == np.float32(1 / max(1, t - hyper["t0"]))
+
+
 def _xla_step(fused):
     def step(g, s, p):
         updates, s = fused.optimizer.update(g, s, p)
@@ -208,6 +332,11 @@ def _trajectories(fused, params, steps=30, seed=0):
     ("sgd", dict(learning_rate=optax.cosine_decay_schedule(0.05, 30), momentum=0.9, dampening=0.5)),
     ("adagrad", dict(learning_rate=0.1, lr_decay=0.1, initial_accumulator_value=0.5)),
     ("rmsprop", dict(learning_rate=1e-2, weight_decay=0.1)),
+    ("radam", dict(learning_rate=optax.exponential_decay(1e-2, 5, 0.5), b2=0.99, weight_decay=0.05)),
+    ("radam", dict(b1=0.3, weight_decay=optax.linear_schedule(0.1, 0.0, 20), decoupled_weight_decay=True)),
+    ("adamax", dict(learning_rate=optax.cosine_decay_schedule(2e-2, 30), weight_decay=0.1)),
+    ("rprop", dict(learning_rate=optax.constant_schedule(0.01), etas=(0.3, 1.5))),
+    ("asgd", dict(learning_rate=optax.exponential_decay(0.05, 5, 0.5), lambd=0.05, t0=10.0, weight_decay=0.05)),
 ])
 def test_state_and_trajectory_match_the_xla_path(kind, kwargs):
     """Same state layout and counts as the GradientTransformation; parameters within a few float32 ulp (XLA
@@ -242,7 +371,7 @@ def test_hands_over_to_the_plain_optimizer_and_back():
 @pytest.mark.parametrize("kind,kwargs", [
     ("adamw", dict(weight_decay=optax.linear_schedule(0.1, 0.0, 20))), ("nadam", dict(weight_decay=0.05)),
     ("sgd", dict(learning_rate=0.05, momentum=0.9, dampening=0.3)), ("rmsprop", {}),
-    ("adagrad", dict(lr_decay=0.1)),
+    ("adagrad", dict(lr_decay=0.1)), ("rprop", dict(etas=(0.3, 1.5))), ("asgd", dict(t0=2.0, weight_decay=0.1)),
 ])
 def test_flat_state_is_the_per_leaf_step_bit_for_bit_with_optax_flattens_state(kind, kwargs):
     """flat_state=True keeps one vector per state array for all leaves (optax.flatten's layout): the same kernel
@@ -365,7 +494,7 @@ def test_mismatched_trees_raise_naming_the_optimizer():
 def test_every_family_with_a_kernel_runs_in_the_table():
     """The table tests above are not vacuous: the cases that reach the kernel cover every family that has one."""
     assert {kernel_of(c.factory(**c.kwargs)).name for c in FUSED_CASES} == {
-        "adam", "adamw", "nadam", "nadamw", "sgd", "rmsprop", "adagrad"}
+        "adam", "adamw", "nadam", "nadamw", "sgd", "rmsprop", "adagrad", "radam", "adamax", "rprop", "asgd"}
 
 
 WITHOUT_KERNEL = [
@@ -406,14 +535,17 @@ def test_of_refuses_what_is_not_an_optimizer():
         oj.fused.of(oj.adam(), flat_state="yes")
 
 
-@pytest.mark.skipif("maximize" not in inspect.signature(oj.adamw).parameters, reason="maximize not in this branch")
 @pytest.mark.parametrize("kind,kwargs", [
     ("adam", dict(learning_rate=0.01, weight_decay=0.1)), ("adamw", dict(learning_rate=0.01)),
     ("nadamw", dict(learning_rate=0.01)), ("sgd", dict(learning_rate=0.05, momentum=0.9, weight_decay=0.1)),
     ("rmsprop", dict(learning_rate=0.01)), ("adagrad", dict(learning_rate=0.1)),
+    ("radam", dict(learning_rate=0.01, b2=0.9, weight_decay=0.1)), ("adamax", dict(learning_rate=0.01)),
+    ("rprop", dict(learning_rate=0.01)), ("asgd", dict(learning_rate=0.05, t0=2.0)),
 ])
 def test_maximize_negates_the_gradient_in_the_kernel(kind, kwargs):
     """maximize=True is the step of -g: bit for bit the kernel's step on the negated gradient."""
+    if "maximize" not in inspect.signature(getattr(oj, kind)).parameters:
+        pytest.skip(f"optimjax.{kind} has no maximize in this branch")
     up, down = (oj.fused.of(getattr(oj, kind)(**kwargs, maximize=m)) for m in (True, False))
     rng = np.random.default_rng(4)
     params = {"w": jnp.asarray(rng.normal(size=(30, 20)), jnp.float32)}

@@ -63,6 +63,8 @@ def test_the_optimizer_table_uses_the_real_argument_names_and_defaults():
     """Each signature in the table's first column names only real arguments, with their real default values."""
     import inspect
 
+    import jax.numpy as jnp
+
     import optimjax
 
     rows = [line for line in README.splitlines() if line.startswith("| `") and "torch" not in line.split("|")[1]]
@@ -70,10 +72,10 @@ def test_the_optimizer_table_uses_the_real_argument_names_and_defaults():
     assert len(calls) >= 11, calls
     for name, arguments in calls:
         parameters = inspect.signature(getattr(optimjax, name)).parameters
-        for argument in (a.strip() for a in arguments.split(",")):
+        for argument in (a.strip() for a in re.split(r",(?![^()]*\))", arguments)):  # not inside a tuple
             if argument == "...":
                 continue
             key, _, default = argument.partition("=")
             assert key in parameters, f"README: {name}({key}...) but {name} has no argument {key!r}"
             if default:
-                assert parameters[key].default == eval(default), f"README: {name}({argument}), default differs"
+                assert parameters[key].default == eval(default, {"jnp": jnp}), f"README: {name}({argument}), default differs"

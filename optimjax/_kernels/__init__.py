@@ -16,26 +16,30 @@ import weakref
 from typing import Any, Callable, NamedTuple
 
 # The kernel's families: fused_step.cc, enum Family.
-ADAM, NADAM, MOMENTUM, RMS, ADAGRAD = range(5)
+ADAM, NADAM, MOMENTUM, RMS, ADAGRAD, RADAM, ADAMAX, RPROP, ASGD = range(9)
 # Per-step coefficients of a family, at most this many (fused_step.cc, kNumCoefs minus the shared ones).
 FAMILY_COEFFICIENTS = 8
 
 
 class Kernel(NamedTuple):
     """How the kernel runs one optimizer: `chain([negation,] decay, direction, lr)` with the decay coupled (added
-    to g), or `chain([negation,] direction, decay, lr)` with it decoupled (added to the direction).
+    to g), or `chain([negation,] direction, decay, lr)` with it decoupled (added to the direction). A direction
+    that holds its own learning rate (Rprop, ASGD) ends the chain, `chain([negation,] [decay,] direction)`: its
+    `learning_rate` is None and the kernel adds the update it computes to p as it is.
 
     Attributes:
       name: the alias, for messages.
-      family: the kernel's family (ADAM, NADAM, MOMENTUM, RMS, ADAGRAD).
+      family: the kernel's family (ADAM, NADAM, MOMENTUM, RMS, ADAGRAD, RADAM, ADAMAX, RPROP, ASGD).
       state: the class of the direction transform's state in the chain.
       arrays: that state's per-parameter fields, in the kernel's order.
       coefficients: the direction state -> (the family's per-step coefficients, at most FAMILY_COEFFICIENTS, in
         fused_step.cc's order; the new values of the state's other fields, e.g. the count).
-      learning_rate: the float or schedule the chain's `scale_by_learning_rate` was built with.
+      learning_rate: the float or schedule the chain's `scale_by_learning_rate` was built with; None when the
+        chain has none (the direction's coefficients hold the learning rate).
       weight_decay: the float or schedule of its `add_decayed_weights`.
       coupled: L2 decay added to g (True), or decoupled, added to the direction (False).
-      flags: the family's two flags (Adam family: torch.lerp's second form; momentum: Nesterov, dampening).
+      flags: the family's two flags (Adam family, RAdam, Adamax: torch.lerp's second form; momentum: Nesterov,
+        dampening).
       maximize: negate g first (torch's `maximize`; the chain starts with a stateless negation).
     """
 

@@ -1,7 +1,8 @@
 // One pass over memory per parameter: optimjax.fused's CPU kernel, called through XLA's FFI.
 //
 // For every element of every leaf it reads p, g and the state once and writes p and the state once (28 bytes
-// per fp32 parameter for the Adam family, 20 for SGD with momentum, RMSprop and Adagrad), where XLA:CPU makes a
+// per fp32 parameter for the Adam family and Rprop, 20 for SGD with momentum, RMSprop, Adagrad and ASGD), where
+// XLA:CPU makes a
 // loop per output array. The arithmetic is the one written in the docstrings of optimjax's transforms (that is,
 // torch.optim's single-tensor path), operation by operation and in the same order, each operation rounded once
 // (compiled without contraction into FMA and without fast-math):
@@ -15,8 +16,16 @@
 //   momentum:     u <- u * beta + g   (or + (1 - dampening) * g);   d <- u, or g + beta * u (Nesterov)
 //   rmsprop:      v <- v * decay + ((1 - decay) * g) * g;   d <- g / (sqrt(v) + eps)
 //   adagrad:      s <- s + g * g;                           d <- g / (sqrt(s) + eps)
-//   d <- d + wd * p                                  (decoupled decay: adamw, nadamw)
+//   radam:        m, v as adam;  m' <- m / bc1;  d <- (m' * (bc2_sqrt / (sqrt(v) + eps))) * r  if rectified, else m'
+//   adamax:       m as adam;  u <- max(u * b2, |g| + eps) (NaN if either is);  d <- (m / u) * (1 / (1 - b1^t))
+//   d <- d + wd * p                                  (decoupled decay: adamw, nadamw, radam)
 //   p <- p + neg_lr * d
+//
+// Rprop and ASGD keep their learning rate inside the direction (no learning-rate step ends their chain): the
+// family computes the update u itself and the kernel writes p <- p + u, as optax.apply_updates does.
+//   rprop:        q <- g * prev;  s <- min(max(s * (eta+ if q > 0, eta- if q < 0, else 1), s_min), s_max);
+//                 g <- 0 where q < 0;  u <- -sign(g) * s;  prev <- g
+//   asgd:         u <- (p * (1 - lambd * eta) - eta * g) - p;  p' <- p + u;  ax <- p' if mu = 1, else ax + (p' - ax) * mu
 //
 // The per-step scalars are computed once in JAX and passed as a small buffer; the family and which terms exist
 // are attributes, resolved into one specialized loop at compile time so that it vectorizes. Work is split into
@@ -40,21 +49,39 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-enum Family : int { kAdam, kNadam, kMomentum, kRms, kAdagrad, kNumFamilies };
+enum Family : int { kAdam, kNadam, kMomentum, kRms, kAdagrad, kRadam, kAdamax, kRprop, kAsgd, kNumFamilies };
+// The families whose update u is added to p as it is (their learning rate is inside it).
+constexpr bool WritesUpdate(int family) { return family == kRprop || family == kAsgd; }
+// The families with two state arrays.
+constexpr bool HasTwoStates(int family) {
+  return family == kAdam || family == kNadam || family == kRadam || family == kAdamax || family == kRprop;
+}
 constexpr int kNumFlagSets = 16;  // four flags: two of the family's, coupled decay, decoupled decay
 // Coefficients: eight of the family's (below), then the weight decay, -learning_rate and the gradient's sign.
 //   adam, nadam: w1, b2, 1 - b2, a, b, c, eps;  momentum: beta, 1 - dampening;  rmsprop, adagrad: decay, 1 - decay, eps
+//   radam: w1, b2, 1 - b2, bc1, bc2_sqrt, eps, r, rectified (1 or 0);  adamax: w1, b2, eps, 1 / (1 - b1^t)
+//   rprop: eta+, eta-, s_min, s_max;  asgd: 1 - lambd * eta, eta, mu, mu == 1 (1 or 0)
 constexpr int kNumCoefs = 11, kWd = 8, kNegLr = 9, kGradSign = 10;
 
 template <typename T>
 struct Leaf {
   T* p;
   const T* g;
-  T* s0;  // m, the momentum buffer, v or the sum of squares
-  T* s1;  // v (Adam family), else unused
+  T* s0;  // m, the momentum buffer, v, the sum of squares, Rprop's prev or ASGD's ax
+  T* s1;  // v or u (Adam family, RAdam, Adamax), Rprop's step sizes, else unused
 };
 
-// kFlag0 / kFlag1: Adam family: torch.lerp's second form, unused; momentum: Nesterov, dampening.
+// The larger of a and b, NaN if either is (jnp.maximum, torch.maximum); the smaller, likewise.
+template <typename T>
+inline T MaxNan(T a, T b) {
+  return a != a ? a : (b != b ? b : (a > b ? a : b));
+}
+template <typename T>
+inline T MinNan(T a, T b) {
+  return a != a ? a : (b != b ? b : (a < b ? a : b));
+}
+
+// kFlag0 / kFlag1: Adam family, RAdam, Adamax: torch.lerp's second form, unused; momentum: Nesterov, dampening.
 template <typename T, int kFamily, bool kFlag0, bool kFlag1, bool kCoupled, bool kDecoupled>
 void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, const T* c) {
   const T wd = c[kWd], neg_lr = c[kNegLr], sign = c[kGradSign];
@@ -89,14 +116,54 @@ void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, const T* c) {
       const T v = s0[i] * decay + (one_minus_decay * g) * g;
       d = g / (std::sqrt(v) + eps);
       s0[i] = v;
-    } else {
+    } else if constexpr (kFamily == kAdagrad) {
       const T eps = c[2];
       const T s = s0[i] + g * g;
       d = g / (std::sqrt(s) + eps);
       s0[i] = s;
+    } else if constexpr (kFamily == kRadam) {
+      const T w1 = c[0], b2 = c[1], one_minus_b2 = c[2], bc1 = c[3], bc2_sqrt = c[4], eps = c[5], r = c[6];
+      const bool rectified = c[7] != T(0);
+      T m = s0[i];
+      m = kFlag0 ? g - (g - m) * (T(1) - w1) : m + w1 * (g - m);
+      const T v = s1[i] * b2 + (one_minus_b2 * g) * g;
+      const T m_hat = m / bc1;
+      const T rectified_direction = (m_hat * (bc2_sqrt / (std::sqrt(v) + eps))) * r;
+      d = rectified ? rectified_direction : m_hat;
+      s0[i] = m;
+      s1[i] = v;
+    } else if constexpr (kFamily == kAdamax) {
+      const T w1 = c[0], b2 = c[1], eps = c[2], inv_bc1 = c[3];
+      T m = s0[i];
+      m = kFlag0 ? g - (g - m) * (T(1) - w1) : m + w1 * (g - m);
+      const T u = MaxNan(s1[i] * b2, std::abs(g) + eps);
+      d = (m / u) * inv_bc1;
+      s0[i] = m;
+      s1[i] = u;
+    } else if constexpr (kFamily == kRprop) {
+      const T eta_plus = c[0], eta_minus = c[1], step_min = c[2], step_max = c[3];
+      const T q = g * s0[i];
+      const T factor = q > T(0) ? eta_plus : (q < T(0) ? eta_minus : T(1));
+      const T s = MinNan(MaxNan(step_min, s1[i] * factor), step_max);
+      const T kept = q < T(0) ? T(0) : g;
+      const T sign = kept > T(0) ? T(1) : (kept < T(0) ? T(-1) : kept);  // XLA's sign: +-0 and NaN as they are
+      d = -sign * s;
+      s0[i] = kept;
+      s1[i] = s;
+    } else {  // kAsgd
+      const T shrink = c[0], eta = c[1], mu = c[2];
+      const bool mu_is_one = c[3] != T(0);
+      d = (theta * shrink - eta * g) - theta;
+      const T next = theta + d;
+      const T ax = s0[i];
+      s0[i] = mu_is_one ? next : ax + (next - ax) * mu;
     }
     if (kDecoupled) d = d + wd * theta;
-    p[i] = theta + neg_lr * d;
+    if constexpr (WritesUpdate(kFamily)) {
+      p[i] = theta + d;
+    } else {
+      p[i] = theta + neg_lr * d;
+    }
   }
 }
 
@@ -144,7 +211,7 @@ struct Work {
 template <typename T>
 ffi::Error Step(ffi::ThreadPool& pool, ffi::AnyBuffer coefs, ffi::RemainingArgs args, ffi::RemainingRets rets,
                 int64_t family, int64_t flags, int64_t flat_offset) {
-  const size_t states = family == kAdam || family == kNadam ? 2 : 1;
+  const size_t states = HasTwoStates(int(family)) ? 2 : 1;
   auto work = std::make_shared<Work<T>>();
   std::copy_n(coefs.typed_data<T>(), kNumCoefs, work->coefs.begin());
   work->fn = Select<T>(family, flags);

@@ -1,0 +1,45 @@
+"""The survivors of the last mutmut run (mutation/RESULTS.md) as text substitutions on the current code, each run
+against the test added for it, which must fail:  python -m mutation.survivors [ID ...]"""
+
+import sys
+import tempfile
+from pathlib import Path
+
+from mutation.mutants import Mutant, copy_with, killed, start
+
+D = "tests/test_defaults.py::"
+S = [
+ ("amsgrad_lr_default", "optimjax/adam.py", "learning_rate: optax.ScalarOrSchedule = 1e-3,\n    b1: float = 0.9,\n    b2: float = 0.999,\n    eps: float = 1e-8,\n    weight_decay: float = 0.0,\n    mu_dtype", "learning_rate: optax.ScalarOrSchedule = 1.001,\n    b1: float = 0.9,\n    b2: float = 0.999,\n    eps: float = 1e-8,\n    weight_decay: float = 0.0,\n    mu_dtype", D+"test_defaults_follow_torch[amsgrad]"),
+ ("amsgrad_b2_default", "optimjax/adam.py", "b2: float = 0.999,\n    eps: float = 1e-8,\n    weight_decay: float = 0.0,\n    mu_dtype", "b2: float = 1.999,\n    eps: float = 1e-8,\n    weight_decay: float = 0.0,\n    mu_dtype", D+"test_defaults_follow_torch[amsgrad]"),
+ ("amsgrad_mu_dtype_none", "optimjax/adam.py", "True, mu_dtype, nu_dtype, maximize)", "True, None, nu_dtype, maximize)", D+"test_storage_dtypes_reach_the_state[amsgrad]"),
+ ("amsgrad_nu_dtype_none", "optimjax/adam.py", "True, mu_dtype, nu_dtype, maximize)", "True, mu_dtype, None, maximize)", D+"test_storage_dtypes_reach_the_state[amsgrad]"),
+ ("momentum_default", "optimjax/sgd.py", "    momentum: float = 0.9,\n    dampening", "    momentum: float = 1.9,\n    dampening", D+"test_defaults_follow_torch[momentum]"),
+ ("momentum_drops_dampening", "optimjax/sgd.py", "return sgd(learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay, maximize=maximize)", "return sgd(learning_rate, momentum=momentum, weight_decay=weight_decay, maximize=maximize)", D+"test_defaults_follow_torch[momentum_all_arguments]"),
+ ("momentum_drops_weight_decay", "optimjax/sgd.py", "return sgd(learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay, maximize=maximize)", "return sgd(learning_rate, momentum=momentum, dampening=dampening, maximize=maximize)", D+"test_defaults_follow_torch[momentum_all_arguments]"),
+ ("nesterov_default", "optimjax/sgd.py", "learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0, maximize", "learning_rate: optax.ScalarOrSchedule, momentum: float = 1.9, weight_decay: float = 0.0, maximize", D+"test_defaults_follow_torch[nesterov]"),
+ ("nesterov_drops_weight_decay", "optimjax/sgd.py", "return sgd(learning_rate, momentum=momentum, nesterov=True, weight_decay=weight_decay, maximize=maximize)", "return sgd(learning_rate, momentum=momentum, nesterov=True, maximize=maximize)", D+"test_defaults_follow_torch[nesterov_all_arguments]"),
+ ("scale_by_adagrad_eps_default", "optimjax/adagrad.py", "def scale_by_adagrad(eps: float = 1e-10,", "def scale_by_adagrad(eps: float = 1.0000000001,", D+"test_defaults_follow_torch[scale_by_adagrad]"),
+ ("adagrad_lr_default", "optimjax/adagrad.py", "learning_rate: optax.ScalarOrSchedule = 1e-2,",
+  "learning_rate: optax.ScalarOrSchedule = 1.01,", D+"test_defaults_follow_torch[adagrad]"),
+ ("scale_by_adagrad_initial_default", "optimjax/adagrad.py", "initial_accumulator_value: float = 0.0) -> optax", "initial_accumulator_value: float = 1.0) -> optax", D+"test_defaults_follow_torch[scale_by_adagrad]"),
+]
+
+
+def main(names):
+    failed = 0
+    mutants = [Mutant(i, p, o, n, (t,), "mutmut survivor") for i, p, o, n, t in S if not names or i in names]
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(0, len(mutants), 2):
+            batch = mutants[k:k + 2]
+            procs = [(m, start(m, copy_with(m, Path(tmp) / m.id))) for m in batch]
+            for m, p in procs:
+                dead, out = killed(p)
+                print(f"{m.id}: {'killed' if dead else 'SURVIVED'} by {m.tests[0]}", flush=True)
+                if not dead:
+                    print(out[-1500:])
+                    failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
