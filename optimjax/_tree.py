@@ -110,24 +110,55 @@ def next_count(count: jax.Array) -> tuple[jax.Array, jax.Array]:
     return count, count.astype(scalar_dtype())
 
 
+class TreeMismatchError(ValueError):
+    """Gradients whose tree or leaf shapes differ from what the optimizer holds. `detail` is the message without
+    the name of the function that found it, so that an optimizer built by chaining transforms can report the
+    mismatch under its own name (the one the user called)."""
+
+    def __init__(self, where: str, detail: str):
+        super().__init__(f"{where}: {detail}")
+        self.where, self.detail = where, detail
+
+
+def first_difference(got: Any, want: Any) -> str:
+    """Where the trees `got` and `want` first differ, by key path: a leaf one has and the other has not, or a
+    container of another type (a list for a tuple). Empty when the trees have the same structure."""
+    if jax.tree.structure(got) == jax.tree.structure(want):
+        return ""
+    got_paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(got)[0]]
+    want_paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(want)[0]]
+    missing = [path for path in want_paths if path not in got_paths]
+    extra = [path for path in got_paths if path not in want_paths]
+    if missing and extra:
+        return f"a leaf at {jax.tree_util.keystr(extra[0]) or '(the root)'} where the expected tree has one at " \
+               f"{jax.tree_util.keystr(missing[0]) or '(the root)'}"
+    if missing:
+        return f"no leaf at {jax.tree_util.keystr(missing[0])}"
+    if extra:
+        return f"a leaf at {jax.tree_util.keystr(extra[0])} that the expected tree does not have"
+    return (f"the same leaves in other containers (e.g. a list for a tuple, or a None): "
+            f"{jax.tree.structure(got)} instead of {jax.tree.structure(want)}")
+
+
 def check_tree(where: str, updates: Any, reference: Any, reference_name: str = "the state made by init()",
                what: str = "gradient", call: str = "update()") -> None:
-    """Raise ValueError if `updates` do not have the tree structure and leaf shapes of `reference` (the state).
+    """Raise TreeMismatchError (a ValueError) if `updates` do not have the tree structure and leaf shapes of
+    `reference` (the state), naming the first key path where they differ.
 
     `what` names the checked leaves in the message (a gradient, a param) and `call` the function that got them.
 
     Runs at trace time (shapes are static), so a mismatch is reported before XLA sees it, never broadcast away.
     """
-    got, want = jax.tree.structure(updates), jax.tree.structure(reference)
-    if got != want:
-        raise ValueError(
-            f"{where}: {call} got {what}s whose tree structure does not match {reference_name}. "
-            f"{what.capitalize()}s: {got}; expected: {want}."
+    difference = first_difference(updates, reference)
+    if difference:
+        raise TreeMismatchError(
+            where, f"{call} got {what}s whose tree structure does not match {reference_name}: they have "
+                   f"{difference}."
         )
     for path_and_g, r in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(reference)):
         path, g = path_and_g
         if jnp.shape(g) != jnp.shape(r):
-            raise ValueError(
-                f"{where}: {call} got a {what} of shape {jnp.shape(g)} at {jax.tree_util.keystr(path)}, "
-                f"but {reference_name} has shape {jnp.shape(r)} there."
+            raise TreeMismatchError(
+                where, f"{call} got a {what} of shape {jnp.shape(g)} at {jax.tree_util.keystr(path)}, "
+                       f"but {reference_name} has shape {jnp.shape(r)} there."
             )

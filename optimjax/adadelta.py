@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range
+from optimjax._checks import named_optimizer
 from optimjax._tree import check_tree, ema_of_square, like, zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
@@ -58,6 +59,7 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+@named_optimizer
 def adadelta(
     learning_rate: optax.ScalarOrSchedule = 1.0,
     rho: float = 0.9,

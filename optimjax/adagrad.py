@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_learning_rate, check_range, is_zero
+from optimjax._checks import named_optimizer
 from optimjax._kernels import ADAGRAD, Kernel, fused_kernel
 from optimjax._tree import check_tree, full_like, like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
@@ -57,6 +58,7 @@ def _adagrad_kernel(learning_rate, lr_decay, weight_decay, eps, maximize=False, 
 
 
 @fused_kernel(_adagrad_kernel)
+@named_optimizer
 def adagrad(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
     lr_decay: float = 0.0,
@@ -86,7 +88,14 @@ def adagrad(
 
 def decayed_learning_rate(learning_rate: optax.ScalarOrSchedule, lr_decay: float) -> optax.ScalarOrSchedule:
     """torch's Adagrad learning rate lr_t / (1 + (t - 1) * lr_decay), as a schedule of count = t - 1 = 0, 1, ...
-    (`learning_rate` itself when lr_decay is 0)."""
-    if is_zero(lr_decay):
-        return learning_rate
-    return lambda count: (learning_rate(count) if callable(learning_rate) else learning_rate) / (1 + count * lr_decay)
+
+    Always a schedule, so the state always holds the step count (as torch's Adagrad keeps `step`), whether
+    lr_decay is 0 or an array injected by `optax.inject_hyperparams`: plain and injected optimizers have the same
+    state structure, and their states and checkpoints can be swapped.
+    """
+
+    def schedule(count):
+        lr = learning_rate(count) if callable(learning_rate) else learning_rate
+        return lr if is_zero(lr_decay) else lr / (1 + count * lr_decay)
+
+    return schedule

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
+from optimjax._checks import check_dtype, check_flag, named_optimizer
 from optimjax._kernels import ADAM, Kernel, fused_kernel
 from optimjax._tree import bias_correction, check_tree, like, moments, next_count, zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
@@ -77,6 +78,9 @@ def scale_by_adam(
     check_beta(where, "b2", b2)
     check_range(where, "eps", eps)
     check_range(where, "eps_root", eps_root)
+    check_flag(where, "amsgrad", amsgrad)
+    check_dtype(where, "mu_dtype", mu_dtype)
+    check_dtype(where, "nu_dtype", nu_dtype)
 
     def init_fn(params):
         nu = zeros_like(params, nu_dtype)
@@ -137,6 +141,7 @@ def _adam_kernel(name: str, coupled: bool) -> Callable[..., Kernel | str]:
 
 
 @fused_kernel(_adam_kernel("adam", coupled=True))
+@named_optimizer
 def adam(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -168,6 +173,7 @@ def adam(
     )
 
 
+@named_optimizer
 def amsgrad(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -190,6 +196,7 @@ def amsgrad(
 
 
 @fused_kernel(_adam_kernel("adamw", coupled=False))
+@named_optimizer
 def adamw(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     b1: float = 0.9,

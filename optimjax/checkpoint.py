@@ -14,7 +14,9 @@ them: the keys of the path joined by dots (tuple and NamedTuple positions are nu
 
 from __future__ import annotations
 
+import errno
 import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -52,8 +54,16 @@ def differences(directory: str | os.PathLike, target: Any) -> list[str]:
     (concrete arrays or `jax.ShapeDtypeStruct`s, e.g. `jax.eval_shape(tx.init, params)` or an `nnx.state`):
     entries only one side has, and entries whose shape or dtype differ. Empty when the checkpoint fits.
     """
-    with ocp.StandardCheckpointer() as checkpointer:
-        stored = _flatten(checkpointer.metadata(directory).item_metadata.tree)
+    path = checkpoint_path(directory)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            item = checkpointer.metadata(path).item_metadata
+    except Exception as err:  # noqa: BLE001  (Orbax raises many kinds on unreadable metadata)
+        raise ValueError(f"checkpoint {path} cannot be read (corrupted?): {type(err).__name__}: {err}") from err
+    if item is None or getattr(item, "tree", None) is None:
+        raise ValueError(f"checkpoint {path} cannot be read: it holds no Orbax metadata (not a checkpoint written by "
+                         "orbax.checkpoint.StandardCheckpointer, or an unfinished or corrupted one)")
+    stored = _flatten(item.tree)
     wanted = _flatten(target)
     out = []
     missing = [p for p in wanted if p not in stored]
@@ -79,7 +89,7 @@ def check_compatible(directory: str | os.PathLike, target: Any) -> None:
     found = differences(directory, target)
     if found:
         raise ValueError(
-            f"checkpoint {os.fspath(directory)} does not match the target (was it written for another optimizer "
+            f"checkpoint {checkpoint_path(directory)} does not match the target (was it written for another optimizer "
             "or parameter tree?):\n  " + "\n  ".join(found)
         )
 
@@ -94,6 +104,22 @@ def restore(directory: str | os.PathLike, target: Any) -> Any:
     `target` may be abstract: `jax.eval_shape(tx.init, params)`, or for Flax nnx `nnx.state(nnx.eval_shape(...))`.
     A `jax.ShapeDtypeStruct` with a `sharding` restores each array directly onto its devices.
     """
-    check_compatible(directory, target)
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(directory, target)
+    path = checkpoint_path(directory)
+    check_compatible(path, target)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(path, target)
+    except Exception as err:  # noqa: BLE001  (a data file that fails to decode, truncated, ...)
+        raise ValueError(f"checkpoint {path} cannot be restored (corrupted?): {type(err).__name__}: {err}") from err
+
+
+def checkpoint_path(directory: str | os.PathLike) -> Path:
+    """`directory` as an absolute path (a relative one is taken from the working directory; Orbax needs absolute
+    paths), after checking that it exists and is a directory: FileNotFoundError or NotADirectoryError naming it
+    otherwise, where Orbax would only log a warning and return empty metadata."""
+    path = Path(directory).expanduser().absolute()
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, f"no checkpoint at {path}", str(path))
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{path} is not a checkpoint directory", str(path))
+    return path

@@ -348,6 +348,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     args.optimizers = names
+    try:  # fail now rather than after training: the PNG is written last
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        existed = os.path.exists(args.out)
+        with open(args.out, "ab"):
+            pass
+        if not existed:
+            os.remove(args.out)
+    except OSError as err:
+        parser.error(f"--out {args.out}: cannot write the PNG there ({err.strerror or err})")
     return args
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range
+from optimjax._checks import check_dtype, named_optimizer
 from optimjax._kernels import NADAM, Kernel, fused_kernel
 from optimjax._tree import bias_correction, check_tree, like, moments, next_count, power, scalar_dtype
 from optimjax._tree import zeros_like
@@ -102,6 +103,8 @@ def scale_by_nadam(
     check_beta(where, "b2", b2)
     check_range(where, "eps", eps)
     check_range(where, "momentum_decay", momentum_decay)
+    check_dtype(where, "mu_dtype", mu_dtype)
+    check_dtype(where, "nu_dtype", nu_dtype)
 
     def init_fn(params):
         return ScaleByNadamState(
@@ -155,6 +158,7 @@ def _nadam_kernel(name: str, coupled: bool) -> Callable[..., Kernel | str]:
 
 
 @fused_kernel(_nadam_kernel("nadam", coupled=True))
+@named_optimizer
 def nadam(
     learning_rate: optax.ScalarOrSchedule = 2e-3,
     b1: float = 0.9,
@@ -185,6 +189,7 @@ def nadam(
 
 
 @fused_kernel(_nadam_kernel("nadamw", coupled=False))
+@named_optimizer
 def nadamw(
     learning_rate: optax.ScalarOrSchedule = 2e-3,
     b1: float = 0.9,

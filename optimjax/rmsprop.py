@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, is_zero
+from optimjax._checks import check_flag, named_optimizer
 from optimjax._kernels import RMS, Kernel, fused_kernel
 from optimjax._tree import check_tree, ema_of_square, lerp, like, zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
@@ -55,6 +56,7 @@ def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, centered: bool = False)
     where = "scale_by_rms"
     check_beta(where, "decay", decay)
     check_range(where, "eps", eps)
+    check_flag(where, "centered", centered)
 
     def init_fn(params):
         return ScaleByRmsState(nu=zeros_like(params), mu_grad=zeros_like(params) if centered else None)
@@ -86,6 +88,7 @@ def _rmsprop_kernel(learning_rate, decay, eps, centered, momentum, weight_decay,
 
 
 @fused_kernel(_rmsprop_kernel)
+@named_optimizer
 def rmsprop(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
     decay: float = 0.99,

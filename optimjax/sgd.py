@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value, is_zero
+from optimjax._checks import check_flag, named_optimizer
 from optimjax._kernels import MOMENTUM, Kernel, fused_kernel
 from optimjax._tree import check_tree, like, zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
@@ -95,6 +96,7 @@ def _sgd_kernel(learning_rate, momentum, nesterov, dampening, weight_decay, maxi
 
 
 @fused_kernel(_sgd_kernel)
+@named_optimizer
 def sgd(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float | None = None,
@@ -139,12 +141,17 @@ def sgd(
     """
     check_learning_rate("sgd", learning_rate)
     check_range("sgd", "weight_decay", weight_decay)
+    check_flag("sgd", "nesterov", nesterov)
     if momentum is not None:
         check_beta("sgd", "momentum", momentum)
     if nesterov and (momentum is None or concrete_value(momentum) == 0 or concrete_value(dampening) not in (0, None)):
         raise ValueError(f"sgd: nesterov=True needs momentum > 0 and dampening = 0, got momentum={momentum!r}, "
                          f"dampening={dampening!r}")
     parts = [*maximizing("sgd", maximize), add_decayed_weights(weight_decay)]
+    if momentum is not None and not isinstance(momentum, (int, float)) and not is_zero(dampening):
+        # An array momentum (injected) keeps the buffer whatever its value; at 0, torch ignores dampening: so must we.
+        check_range("sgd", "dampening", dampening, 0.0, 1.0, high_open=False)
+        dampening = jnp.where(jnp.asarray(momentum) == 0, 0.0, dampening)
     if momentum is not None and not is_zero(momentum):
         parts.append(scale_by_nesterov_momentum(momentum) if nesterov else scale_by_momentum(momentum, dampening))
     else:
@@ -153,6 +160,7 @@ def sgd(
     return optax.chain(*parts)
 
 
+@named_optimizer
 def momentum(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float = 0.9,
@@ -169,6 +177,7 @@ def momentum(
     return sgd(learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay, maximize=maximize)
 
 
+@named_optimizer
 def nesterov(
     learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0, maximize: bool = False
 ) -> optax.GradientTransformation:

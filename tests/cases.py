@@ -73,27 +73,23 @@ def newton_schulz_in_grad_dtype(grad, ns_coefficients, ns_steps, eps):
     return x.T if grad.size(0) > grad.size(1) else x
 
 
-class TorchMuonAndAdamW(torch.optim.Optimizer):
+class TorchMuonAndAdamW:
     """torch.optim.Muon on the 2-D params and torch.optim.AdamW (same lr) on the others, stepped together; with
     `ns_in_grad_dtype`, Muon's Newton-Schulz runs `newton_schulz_in_grad_dtype` (torch's own is bfloat16). torch's
     Muon has no `maximize`: with maximize=True its gradients are negated before its step, which is what the flag
-    does in every other torch optimizer. An Optimizer with two param groups (Muon's, AdamW's), so that a torch
-    LRScheduler drives both learning rates."""
+    does in every other torch optimizer."""
 
     def __init__(self, params, foreach=False, ns_in_grad_dtype=True, maximize=False, **muon_kwargs):
-        params = list(params)
-        self.matrices = [p for p in params if p.ndim == 2]
-        others = [p for p in params if p.ndim != 2]
-        super().__init__([{"params": self.matrices}, {"params": others}], {"lr": muon_kwargs["lr"]})
         self.ns_in_grad_dtype, self.maximize = ns_in_grad_dtype, maximize
+        self.matrices = [p for p in params if p.ndim == 2]
         self.muon = torch.optim.Muon(self.matrices, **muon_kwargs)
-        self.adamw = torch.optim.AdamW(others, lr=muon_kwargs["lr"], foreach=foreach, maximize=maximize)
+        self.adamw = torch.optim.AdamW([p for p in params if p.ndim != 2], lr=muon_kwargs["lr"], foreach=foreach,
+                                       maximize=maximize)
+        self.optimizers = (self.muon, self.adamw)  # Problem.run_torch schedules each of them
 
-    def step(self, closure=None):
+    def step(self):
         import torch.optim._muon as torch_muon
 
-        self.muon.param_groups[0]["lr"] = self.param_groups[0]["lr"]
-        self.adamw.param_groups[0]["lr"] = self.param_groups[1]["lr"]
         if self.maximize:
             for p in self.matrices:
                 p.grad = -p.grad
@@ -230,15 +226,18 @@ class Problem:
     def run_torch(self, make_optimizer, lr_lambda=None, make_scheduler=None) -> list[dict]:
         params = {k: torch.tensor(v) for k, v in self.params0.items()}
         optimizer = make_optimizer(list(params.values()))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
-        if make_scheduler:  # any torch.optim.lr_scheduler, stepped once after each optimizer.step()
-            scheduler = make_scheduler(optimizer)
+        schedulers = []
+        for each in getattr(optimizer, "optimizers", (optimizer,)):  # a pair of torch optimizers: one scheduler each
+            if lr_lambda:
+                schedulers.append(torch.optim.lr_scheduler.LambdaLR(each, lr_lambda))
+            if make_scheduler:  # any torch.optim.lr_scheduler, stepped once after each optimizer.step()
+                schedulers.append(make_scheduler(each))
         out = []
         for t in range(self.steps):
             for k, g in self.grad({k: p.numpy() for k, p in params.items()}, t).items():
                 params[k].grad = torch.tensor(g)
             optimizer.step()
-            if scheduler:
+            for scheduler in schedulers:
                 scheduler.step()
             out.append({k: p.detach().numpy().copy() for k, p in params.items()})
         return out

@@ -367,3 +367,38 @@ def test_mismatched_gradient_tree_raises_a_clear_error(example):
     tx, params, grads = example
     with pytest.raises(ValueError, match=r"tree structure does not match|gradient of shape"):
         tx.update(grads, tx.init(params), params)
+
+
+# --- hyperparameters given as 0-d arrays ---------------------------------------------------------------------------
+
+@BY_OPTIMIZER
+@FEW
+@given(data=st.data())
+def test_0d_array_hyperparameters_act_as_the_numbers_they_hold(spec, data):
+    """Any floating dtype (as `optax.inject_hyperparams` stores them, in the params' dtype, or as a user passes
+    them): the optimizer built with 0-d arrays gives the updates and state signature of the one built with the
+    Python numbers the arrays hold, to the rounding of the coarser of the two dtypes; a value that rounds out of
+    range (a decay rate to 1.0 in bfloat16) raises ValueError either way; the same values as arrays of shape (1,)
+    raise ValueError naming the argument (they would broadcast the parameters)."""
+    hyper, dtype, params, grads = data.draw(problems(spec, max_leaves=4, needs_array=True), label="problem")
+    hyper_dtype = data.draw(st.sampled_from(DTYPES), label="hyperparameter dtype")
+    names = sorted(k for k, v in hyper.items() if isinstance(v, float) and not isinstance(v, bool))
+    chosen = data.draw(st.lists(st.sampled_from(names), min_size=1, unique=True), label="as arrays")
+    coarser = max(dtype, hyper_dtype, key=lambda d: TOLERANCE[d])
+    with jax.enable_x64(True) if "float64" in (dtype, hyper_dtype) else contextlib.nullcontext():
+        arrays = {k: jnp.asarray(hyper[k], hyper_dtype) for k in chosen}
+        numbers = {k: float(a) for k, a in arrays.items()}
+        for name, value in arrays.items():
+            with pytest.raises(ValueError, match=rf"\b{name}\b.*0-d"):
+                spec.factory(**{**hyper, **numbers, name: value.reshape(1)})
+        try:
+            reference = spec.factory(**{**hyper, **numbers})
+        except ValueError:
+            with pytest.raises(ValueError):
+                spec.factory(**{**hyper, **arrays})
+            return
+        tx = spec.factory(**{**hyper, **arrays})
+        for (u, s), (u_ref, s_ref) in zip(run(tx, params, grads), run(reference, params, grads)):
+            assert signature(u) == signature(u_ref)
+            assert signature(s) == signature(s_ref) or "momentum" in arrays  # an array momentum keeps its buffer
+            assert_close(u, u_ref, coarser)

@@ -27,8 +27,10 @@ WRONG = {
     "nesterov_wd": "weight_decay", "adam_wd": "b1", "amsgrad": "b2", "adamw": "weight_decay",
     "adamw_amsgrad": "weight_decay", "nadam_fast_schedule_wd": "weight_decay", "nadamw": "weight_decay",
     "rmsprop_centered": "decay", "rmsprop_centered_momentum_wd": "momentum", "adagrad_all_options": "lr_decay",
-    "adadelta_wd": "rho",
+    "adadelta_wd": "rho", "rprop_etas_step_sizes_maximize": ("etas", 1),
 }
+# (name, i): the i-th entry of a tuple-valued hyperparameter. Rprop forgets its learning rate (the first step
+# size) as the step sizes adapt within their bounds; its growth factor eta_plus compounds instead.
 # Not b2 for the rows with b2 close to 1: over 60 steps the bias-corrected v barely depends on b2 there (1% off in
 # 1 - b2 moves the trajectory by 4e-7); what matters is computing 1 - b2**t accurately, which the float64 case sees
 # (a float32 power is 2e-5 off) and tests/test_exactness.py checks directly.
@@ -40,12 +42,16 @@ DECAY_RATES = ("b1", "b2", "decay", "rho", "momentum")
 def wrong_variant(case, double: bool):
     """The case's optimizer with WRONG[case.id] (or the learning rate) off by 0.1% (1 - b by 1% for a decay rate b),
     or in float64 rounded to float32 (one float32 ulp off when exactly representable)."""
-    name = WRONG.get(case.id, "learning_rate")
-    value = case.kwargs[name]
+    name, index = (lambda w: w if isinstance(w, tuple) else (w, None))(WRONG.get(case.id, "learning_rate"))
+    value = case.kwargs[name] if index is None else case.kwargs[name][index]
     if not double:
-        return case.optimjax(**{name: 1 - (1 - value) * 1.01 if name in DECAY_RATES else value * 1.001})
-    rounded = float(np.float32(value))
-    return case.optimjax(**{name: rounded if rounded != value else value * (1 + 2.0**-23)})
+        wrong = 1 - (1 - value) * 1.01 if name in DECAY_RATES else value * 1.001
+    else:
+        rounded = float(np.float32(value))
+        wrong = rounded if rounded != value else value * (1 + 2.0**-23)
+    if index is not None:
+        wrong = tuple(wrong if i == index else v for i, v in enumerate(case.kwargs[name]))
+    return case.optimjax(**{name: wrong})
 
 
 def assert_tolerance_sees_the_wrong_variant(case, problem, reference, tol, double=False):
