@@ -107,6 +107,19 @@ CONTENDERS: dict[str, Contender] = {
             "Adagrad", dict(lr=1e-2),
             "optax.adagrad puts eps inside the sqrt",
         ),
+        Contender(
+            "adamax", 2,
+            lambda: optimjax.adamax(2e-3),
+            lambda: optax.adamax(2e-3),
+            "Adamax", dict(lr=2e-3),
+        ),
+        Contender(
+            "asgd", 1,
+            lambda: optimjax.asgd(1e-2, t0=0.0),
+            lambda: optax.sgd(1e-2),
+            "ASGD", dict(lr=1e-2, t0=0.0),
+            "optax has no ASGD: its column is plain SGD (no decay term, no averaging)",
+        ),
     ]
 }
 

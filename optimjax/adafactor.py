@@ -10,8 +10,8 @@ import numpy as np
 import optax
 
 from optimjax._checks import check_learning_rate, check_range
-from optimjax._maximize import maybe_maximize
 from optimjax._tree import check_tree, lerp, like, next_count, placed_like, scalar_dtype
+from optimjax.learning_rate import maximizing
 
 
 class ScaleByAdafactorState(NamedTuple):
@@ -165,5 +165,5 @@ def adafactor(
       [[0.9 1.1]
        [0.9 1.1]]
     """
-    return optax.chain(*maybe_maximize(maximize), scale_by_adafactor(learning_rate, beta2_decay, eps, d,
+    return optax.chain(*maximizing("adafactor", maximize), scale_by_adafactor(learning_rate, beta2_decay, eps, d,
                                                                      weight_decay))

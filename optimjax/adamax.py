@@ -10,9 +10,8 @@ import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range
 from optimjax._kernels import ADAMAX, Kernel, fused_kernel
-from optimjax._maximize import maybe_maximize
 from optimjax._tree import bias_correction, check_tree, lerp, like, next_count, zeros_like
-from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
 
@@ -117,7 +116,7 @@ def adamax(
     check_learning_rate("adamax", learning_rate)
     check_range("adamax", "weight_decay", weight_decay)
     return optax.chain(
-        *maybe_maximize(maximize),
+        *maximizing("adamax", maximize),
         add_decayed_weights(weight_decay),
         scale_by_adamax(b1, b2, eps, mu_dtype),
         scale_by_learning_rate(learning_rate),

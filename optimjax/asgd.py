@@ -10,8 +10,8 @@ import optax
 
 from optimjax._checks import check_learning_rate, check_range
 from optimjax._kernels import ASGD, Kernel, fused_kernel
-from optimjax._maximize import maybe_maximize
 from optimjax._tree import check_tree, like, next_count, placed_like, scalar_dtype
+from optimjax.learning_rate import maximizing
 from optimjax.weight_decay import add_decayed_weights
 
 
@@ -159,7 +159,7 @@ def asgd(
     """
     check_range("asgd", "weight_decay", weight_decay)
     return optax.chain(
-        *maybe_maximize(maximize),
+        *maximizing("asgd", maximize),
         add_decayed_weights(weight_decay),
         scale_by_asgd(learning_rate, lambd, alpha, t0),
     )

@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value
-from optimjax._maximize import maybe_maximize
 from optimjax._tree import check_tree, lerp, like, zeros_like
-from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch's (and Keller Jordan's) quintic, steepest at 0
@@ -177,7 +176,7 @@ def muon(
     """
     check_learning_rate("muon", learning_rate)
     return optax.chain(
-        *maybe_maximize(maximize),
+        *maximizing("muon", maximize),
         scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype, mu_dtype),
         add_decayed_weights(weight_decay),
         scale_by_learning_rate(learning_rate),

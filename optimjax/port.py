@@ -31,13 +31,19 @@ import numpy as np
 import optax
 
 from optimjax.adadelta import ScaleByAdadeltaState, adadelta
+from optimjax.adafactor import ScaleByAdafactorState, adafactor, is_factored
 from optimjax.adagrad import ScaleByAdagradState, adagrad
 from optimjax import schedules
 from optimjax.adam import ScaleByAdamState, adam, adamw
+from optimjax.adamax import ScaleByAdamaxState, adamax
+from optimjax.asgd import ScaleByAsgdState, asgd
 from optimjax.clipping import ClipGradNormState
 from optimjax.learning_rate import ScaleByLearningRateState
+from optimjax.muon import ScaleByMuonState, muon
 from optimjax.nadam import ScaleByNadamState, nadam, nadamw
+from optimjax.radam import ScaleByRadamState, radam
 from optimjax.rmsprop import ScaleByRmsState, rmsprop
+from optimjax.rprop import ScaleByRpropState, rprop
 from optimjax.sgd import MomentumState, sgd
 from optimjax.weight_decay import AddDecayedWeightsState
 
@@ -52,14 +58,26 @@ class StateMap(NamedTuple):
       torch: the torch.optim classes (names in `TORCH_OPTIMIZERS`) whose state this is; () for a state that only
         counts steps and goes with any optimizer (a schedule's count).
       arrays: state field -> torch key, for fields shaped like the params (None when the option is off).
-      scalars: state field -> torch key, for a scalar torch keeps once per parameter (NAdam's mu_product).
+      scalars: state field -> torch key, for a scalar torch keeps once per parameter (NAdam's mu_product, ASGD's
+        eta and mu).
       count: the field holding the int32 step count (torch's `step`), or None.
+      present: (field, the JAX leaf's shape) -> whether torch keeps that field's key for that parameter; None: it
+        always does. For a state whose leaf in some field is a placeholder (Adafactor: a matrix has row_var and
+        col_var, a vector variance; the unused fields hold 0-d zeros that torch has no key for).
     """
 
     torch: tuple[str, ...]
     arrays: dict[str, str]
     scalars: dict[str, str] = {}
     count: str | None = "count"
+    present: Callable[[str, tuple], bool] | None = None
+
+    def has(self, field: str, shape: tuple) -> bool:
+        return self.present is None or self.present(field, shape)
+
+
+def _adafactor_present(field: str, shape: tuple) -> bool:
+    return (field == "variance") != is_factored(np.zeros(shape, np.bool_))
 
 
 STATE_MAPS: dict[type, StateMap] = {
@@ -74,6 +92,13 @@ STATE_MAPS: dict[type, StateMap] = {
     AddDecayedWeightsState: StateMap((), {}),
     optax.ScaleByScheduleState: StateMap((), {}),
     ClipGradNormState: StateMap((), {}, count=None),  # the last total norm, for logging: not torch state, kept
+    ScaleByRadamState: StateMap(("RAdam",), {"mu": "exp_avg", "nu": "exp_avg_sq"}),
+    ScaleByAdamaxState: StateMap(("Adamax",), {"mu": "exp_avg", "nu": "exp_inf"}),
+    ScaleByAsgdState: StateMap(("ASGD",), {"ax": "ax"}, {"eta": "eta", "mu": "mu"}),
+    ScaleByRpropState: StateMap(("Rprop",), {"prev": "prev", "step_size": "step_size"}),
+    ScaleByAdafactorState: StateMap(("Adafactor",), {"row_var": "row_var", "col_var": "col_var",
+                                                     "variance": "variance"}, present=_adafactor_present),
+    ScaleByMuonState: StateMap(("Muon",), {"momentum_buffer": "momentum_buffer"}, count=None),
 }
 
 
@@ -82,32 +107,33 @@ class TorchOptimizer(NamedTuple):
 
     Attributes:
       signature: hyperparameter names in every param group of this class (and of no class listed before it).
-      keys: the state keys torch keeps for each parameter of a group, given the group (its flags decide some).
+      keys: (group, shape) -> the state keys torch keeps for a parameter of that shape (the JAX leaf's) in that
+        group (the group's flags decide some; Adafactor's the parameter's number of dims).
       build: (group, learning_rate) -> the optimjax transformation with the group's hyperparameters and that
         learning rate (a number or a schedule), for `from_torch`.
       eager: state is created at construction (Adagrad), not at the parameter's first step.
     """
 
     signature: frozenset[str]
-    keys: Callable[[dict], set[str]]
+    keys: Callable[[dict, tuple], set[str]]
     build: Callable[[dict, Any], optax.GradientTransformation]
     eager: bool = False
 
 
-def _adam_keys(group):
+def _adam_keys(group, shape):
     return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())
 
 
-def _rmsprop_keys(group):
+def _rmsprop_keys(group, shape):
     return ({"step", "square_avg"} | ({"momentum_buffer"} if group.get("momentum", 0) != 0 else set())
             | ({"grad_avg"} if group.get("centered") else set()))
 
 
 def _f(value: Any) -> Any:
-    """A torch hyperparameter (a number, a 0-d tensor, a tuple of them) as Python numbers."""
+    """A torch hyperparameter (a number, a 0-d tensor, a tuple of them; None) as Python numbers."""
     if isinstance(value, (tuple, list)):
         return tuple(_f(v) for v in value)
-    return value if isinstance(value, bool) else float(value)
+    return value if value is None or isinstance(value, bool) else float(value)
 
 
 def _build_sgd(g, lr):
@@ -128,24 +154,55 @@ def _build_nadam(g, lr):
     return (nadamw if g.get("decoupled_weight_decay") else nadam)(lr, b1, b2, **kwargs)
 
 
+def _adafactor_keys(group, shape):
+    return {"step"} | ({"row_var", "col_var"} if len(shape) >= 2 else {"variance"})
+
+
+def _build_muon(g, lr):
+    return muon(lr, _f(g["weight_decay"]), _f(g["momentum"]), g["nesterov"], _f(g["ns_coefficients"]), _f(g["eps"]),
+                int(g["ns_steps"]), g["adjust_lr_fn"])
+
+
+# Recognised by the first entry whose signature the group's keys include: NAdam and RAdam also have
+# decoupled_weight_decay, NAdam and Adam betas, so RAdam comes after both and Adamax (betas and weight_decay, which
+# every Adam-like class has; SparseAdam has no weight_decay) after every other class with betas.
 TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
     "SGD": TorchOptimizer(frozenset({"momentum", "dampening", "nesterov"}),
-                          lambda group: {"momentum_buffer"} if group.get("momentum", 0) != 0 else set(), _build_sgd),
+                          lambda group, shape: {"momentum_buffer"} if group.get("momentum", 0) != 0 else set(), _build_sgd),
     "NAdam": TorchOptimizer(frozenset({"betas", "momentum_decay"}),
-                            lambda group: {"step", "mu_product", "exp_avg", "exp_avg_sq"}, _build_nadam),
+                            lambda group, shape: {"step", "mu_product", "exp_avg", "exp_avg_sq"}, _build_nadam),
     "Adam": TorchOptimizer(frozenset({"betas", "amsgrad"}), _adam_keys, _build_adam),  # and AdamW
     "RMSprop": TorchOptimizer(
         frozenset({"alpha", "centered", "momentum"}), _rmsprop_keys,
         lambda g, lr: rmsprop(lr, _f(g["alpha"]), _f(g["eps"]), g["centered"], _f(g["momentum"]) or None,
                               _f(g["weight_decay"]), maximize=g["maximize"])),
     "Adagrad": TorchOptimizer(
-        frozenset({"lr_decay", "initial_accumulator_value"}), lambda group: {"step", "sum"},
+        frozenset({"lr_decay", "initial_accumulator_value"}), lambda group, shape: {"step", "sum"},
         lambda g, lr: adagrad(lr, _f(g["lr_decay"]), _f(g["weight_decay"]), _f(g["initial_accumulator_value"]),
                               _f(g["eps"]), maximize=g["maximize"]),
         eager=True),
     "Adadelta": TorchOptimizer(
-        frozenset({"rho"}), lambda group: {"step", "square_avg", "acc_delta"},
+        frozenset({"rho"}), lambda group, shape: {"step", "square_avg", "acc_delta"},
         lambda g, lr: adadelta(lr, _f(g["rho"]), _f(g["eps"]), _f(g["weight_decay"]), maximize=g["maximize"])),
+    "RAdam": TorchOptimizer(
+        frozenset({"betas", "decoupled_weight_decay"}), lambda group, shape: {"step", "exp_avg", "exp_avg_sq"},
+        lambda g, lr: radam(lr, *_f(g["betas"]), _f(g["eps"]), _f(g["weight_decay"]), g["decoupled_weight_decay"],
+                            g["maximize"])),
+    "Adamax": TorchOptimizer(
+        frozenset({"betas", "weight_decay"}), lambda group, shape: {"step", "exp_avg", "exp_inf"},
+        lambda g, lr: adamax(lr, *_f(g["betas"]), _f(g["eps"]), _f(g["weight_decay"]), g["maximize"])),
+    "ASGD": TorchOptimizer(
+        frozenset({"lambd", "alpha", "t0"}), lambda group, shape: {"step", "eta", "mu", "ax"},
+        lambda g, lr: asgd(lr, _f(g["lambd"]), _f(g["alpha"]), _f(g["t0"]), _f(g["weight_decay"]), g["maximize"])),
+    "Rprop": TorchOptimizer(
+        frozenset({"etas", "step_sizes"}), lambda group, shape: {"step", "prev", "step_size"},
+        lambda g, lr: rprop(lr, _f(g["etas"]), _f(g["step_sizes"]), g["maximize"])),
+    "Adafactor": TorchOptimizer(
+        frozenset({"beta2_decay", "d"}), _adafactor_keys,
+        lambda g, lr: adafactor(lr, _f(g["beta2_decay"]), _f(g["eps"]), _f(g["d"]), _f(g["weight_decay"]),
+                                g["maximize"])),
+    "Muon": TorchOptimizer(frozenset({"ns_coefficients", "ns_steps"}), lambda group, shape: {"momentum_buffer"},
+                           _build_muon),
 }
 
 
@@ -354,6 +411,9 @@ def load_state_dict(tx: optax.GradientTransformation, params: Any, state_dict: d
             converted = {}
             for leaf_path, leaf in _field_leaves(value):
                 k = leaves.find(where, leaf_path, path)
+                if not m.has(field, leaves.params[k].shape):
+                    converted[leaf_path] = leaf  # a placeholder torch keeps no key for
+                    continue
                 converted[leaf_path] = _to_jax(where, torch_value(path, key, k), leaves.leaves[k], leaf, key,
                                                leaves.describe(k))
             new[field] = jax.tree_util.tree_map_with_path(lambda p, leaf: converted[_plain(p)], value)
@@ -376,7 +436,7 @@ def load_state_dict(tx: optax.GradientTransformation, params: Any, state_dict: d
         return node._replace(**new)
 
     for k, state_k in enumerate(per_param):
-        expected = entry.keys(group_of[k])
+        expected = entry.keys(group_of[k], leaves.params[k].shape)
         if state_k and set(state_k) != expected:
             raise ValueError(f"{where}: torch's state for {leaves.describe(k)} has keys {sorted(state_k)}, but "
                              f"torch.optim.{torch_name} with its group's options keeps {sorted(expected)}")
@@ -394,12 +454,12 @@ def _check_keys(where, torch_name, state, leaves, group_of, load):
             if getattr(node, field) is not None:
                 for leaf_path, _ in _field_leaves(getattr(node, field)):
                     k = leaves.find(where, leaf_path, path)
-                    ours[k] |= {key} | set(m.scalars.values())
+                    ours[k] |= ({key} if m.has(field, leaves.params[k].shape) else set()) | set(m.scalars.values())
         return node
 
     _walk(where, state, collect)
     for k, group in enumerate(group_of):
-        expected = TORCH_OPTIMIZERS[torch_name].keys(group) - {"step"}
+        expected = TORCH_OPTIMIZERS[torch_name].keys(group, leaves.params[k].shape) - {"step"}
         if ours[k] != expected:
             extra, missing = sorted(expected - ours[k]), sorted(ours[k] - expected)
             raise ValueError(
@@ -461,9 +521,11 @@ def state_dict(tx: optax.GradientTransformation, state: Any, params: Any, paths:
         without lr_decay, Adadelta, RMSprop without momentum); checked against the state's count otherwise.
 
     Per-element tensors are converted with the leaf's `to_torch` and keep the state's dtype (bfloat16 goes through
-    float32; torch casts to the parameter's dtype on loading); `step` and `mu_product` are 0-d tensors in torch's
-    scalar dtype (float64 under a float64 default dtype, else float32). A state that has not stepped (count 0)
-    gives no per-parameter state, as a fresh torch optimizer has (Adagrad: its initial state).
+    float32; torch casts to the parameter's dtype on loading); `step` and the per-parameter scalars (NAdam's
+    `mu_product`, ASGD's `eta` and `mu`) are 0-d tensors in torch's scalar dtype (float64 under a float64 default
+    dtype, else float32). A state that has not stepped (count 0) gives no per-parameter state, as a fresh torch
+    optimizer has (Adagrad: its initial state); a state that counts no steps (Muon's) is always written (torch
+    starting from a zero momentum buffer is torch starting fresh).
     """
     import torch
 
@@ -503,6 +565,8 @@ def state_dict(tx: optax.GradientTransformation, state: Any, params: Any, paths:
             for leaf_path, leaf in _field_leaves(value):
                 k = leaves.find(where, leaf_path, path)
                 covered.add(k)
+                if not m.has(field, leaves.params[k].shape):
+                    continue
                 per_param[k][key] = _tensor(_to_torch(leaves.leaves[k], _numpy(leaf)))
         for field, key in m.scalars.items():
             for k in covered:
@@ -522,9 +586,9 @@ def state_dict(tx: optax.GradientTransformation, state: Any, params: Any, paths:
     position = 0
     out_state, out_groups = {}, []
     for group in groups:
-        expected = entry.keys(group)
         for _ in group["params"]:
             k, position = position, position + 1
+            expected = entry.keys(group, leaves.params[k].shape)
             have = dict(per_param[k])
             if "step" in expected:
                 if count is None:
@@ -536,7 +600,7 @@ def state_dict(tx: optax.GradientTransformation, state: Any, params: Any, paths:
                                  f"but torch.optim.{torch_name} with its group's options keeps {sorted(expected)}: "
                                  f"the torch optimizer is not this one (or has another option: amsgrad, centered, "
                                  f"momentum)")
-            if expected and (count or entry.eager):
+            if expected and (count is None or count or entry.eager):  # no count at all (Muon): can't tell
                 out_state[k] = have
         saved = {name: copy.deepcopy(value) for name, value in group.items() if name != "params"}
         saved["params"] = list(range(position - len(group["params"]), position))

@@ -12,9 +12,8 @@ import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value
 from optimjax._kernels import RADAM, Kernel, fused_kernel
-from optimjax._maximize import maybe_maximize
 from optimjax._tree import bias_correction, check_tree, like, moments, next_count, zeros_like
-from optimjax.learning_rate import scale_by_learning_rate
+from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
 
@@ -216,7 +215,7 @@ def radam(
         raise ValueError(f"radam: decoupled_weight_decay must be a bool, got {decoupled_weight_decay!r}")
     decay = add_decayed_weights(weight_decay)
     return optax.chain(
-        *maybe_maximize(maximize),
+        *maximizing("radam", maximize),
         *([] if decoupled_weight_decay else [decay]),
         scale_by_radam(b1, b2, eps, mu_dtype, nu_dtype),
         *([decay] if decoupled_weight_decay else []),

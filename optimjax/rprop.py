@@ -10,8 +10,8 @@ import optax
 
 from optimjax._checks import check_learning_rate, check_range, concrete_value
 from optimjax._kernels import RPROP, Kernel, fused_kernel
-from optimjax._maximize import maybe_maximize
 from optimjax._tree import check_tree, full_like, like, next_count, zeros_like
+from optimjax.learning_rate import maximizing
 
 
 class ScaleByRpropState(NamedTuple):
@@ -83,19 +83,16 @@ def scale_by_rprop(
         check_tree(where, updates, state.prev)
         count, _ = next_count(state.count)
 
-        def step_size(g, prev, s):
+        def step(g, prev, s):
             product = g * prev.astype(g.dtype)
             factor = jnp.where(product > 0, like(eta_plus, s), jnp.where(product < 0, like(eta_minus, s), 1))
-            return jnp.clip(s * factor, like(step_min, s), like(step_max, s))
+            s = jnp.clip(s * factor, like(step_min, s), like(step_max, s))
+            g = jnp.where(product < 0, jnp.zeros_like(g), g)  # no step where the sign flipped, no flip test next
+            return -jnp.sign(g) * s.astype(g.dtype), g.astype(prev.dtype), s
 
-        def kept_gradient(g, prev):  # zeroed where the sign flipped: no step there, and no flip test next time
-            return jnp.where(g * prev.astype(g.dtype) < 0, jnp.zeros_like(g), g)
-
-        step_sizes_t = jax.tree.map(step_size, updates, state.prev, state.step_size)
-        kept = jax.tree.map(kept_gradient, updates, state.prev)
-        updates = jax.tree.map(lambda g, s: -jnp.sign(g) * s.astype(g.dtype), kept, step_sizes_t)
-        prev = jax.tree.map(lambda g, p: g.astype(p.dtype), kept, state.prev)
-        return updates, ScaleByRpropState(count=count, prev=prev, step_size=step_sizes_t)
+        out = jax.tree.map(step, updates, state.prev, state.step_size)
+        pick = lambda i: jax.tree.map(lambda _, o: o[i], updates, out)  # noqa: E731
+        return pick(0), ScaleByRpropState(count=count, prev=pick(1), step_size=pick(2))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -138,4 +135,4 @@ def rprop(
       [ 0.9 -1.9]
       [ 0.78 -1.78]
     """
-    return optax.chain(*maybe_maximize(maximize), scale_by_rprop(learning_rate, etas, step_sizes))
+    return optax.chain(*maximizing("rprop", maximize), scale_by_rprop(learning_rate, etas, step_sizes))

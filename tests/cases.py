@@ -49,14 +49,14 @@ def float64():
 
 def muon_and_adamw(learning_rate=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                    ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
-                   ns_dtype=jnp.bfloat16):
+                   ns_dtype=jnp.bfloat16, maximize=False):
     """optimjax.muon on the matrices and optimjax.adamw (same learning rate) on every other leaf: the partition
     the README shows, and the way the table's problem (with 0-d, 1-D and 3-D leaves) can run Muon at all. (Named
     arguments, not **kwargs, so that optax.inject_hyperparams can read them.)"""
     labels = lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", params)  # noqa: E731
     muon = oj.muon(learning_rate, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn,
-                   ns_dtype)
-    return optax.partition({"muon": muon, "adamw": oj.adamw(learning_rate)}, labels)
+                   ns_dtype, maximize=maximize)
+    return optax.partition({"muon": muon, "adamw": oj.adamw(learning_rate, maximize=maximize)}, labels)
 
 
 def newton_schulz_in_grad_dtype(grad, ns_coefficients, ns_steps, eps):
@@ -75,17 +75,24 @@ def newton_schulz_in_grad_dtype(grad, ns_coefficients, ns_steps, eps):
 
 class TorchMuonAndAdamW:
     """torch.optim.Muon on the 2-D params and torch.optim.AdamW (same lr) on the others, stepped together; with
-    `ns_in_grad_dtype`, Muon's Newton-Schulz runs `newton_schulz_in_grad_dtype` (torch's own is bfloat16)."""
+    `ns_in_grad_dtype`, Muon's Newton-Schulz runs `newton_schulz_in_grad_dtype` (torch's own is bfloat16). torch's
+    Muon has no `maximize`: with maximize=True its gradients are negated before its step, which is what the flag
+    does in every other torch optimizer."""
 
-    def __init__(self, params, foreach=False, ns_in_grad_dtype=True, **muon_kwargs):
-        self.ns_in_grad_dtype = ns_in_grad_dtype
-        self.muon = torch.optim.Muon([p for p in params if p.ndim == 2], **muon_kwargs)
-        self.adamw = torch.optim.AdamW([p for p in params if p.ndim != 2], lr=muon_kwargs["lr"], foreach=foreach)
+    def __init__(self, params, foreach=False, ns_in_grad_dtype=True, maximize=False, **muon_kwargs):
+        self.ns_in_grad_dtype, self.maximize = ns_in_grad_dtype, maximize
+        self.matrices = [p for p in params if p.ndim == 2]
+        self.muon = torch.optim.Muon(self.matrices, **muon_kwargs)
+        self.adamw = torch.optim.AdamW([p for p in params if p.ndim != 2], lr=muon_kwargs["lr"], foreach=foreach,
+                                       maximize=maximize)
         self.optimizers = (self.muon, self.adamw)  # Problem.run_torch schedules each of them
 
     def step(self):
         import torch.optim._muon as torch_muon
 
+        if self.maximize:
+            for p in self.matrices:
+                p.grad = -p.grad
         original = torch_muon._zeropower_via_newtonschulz
         if self.ns_in_grad_dtype:
             torch_muon._zeropower_via_newtonschulz = newton_schulz_in_grad_dtype
@@ -147,9 +154,9 @@ CASES = [
     Case("asgd_averaging_wd", oj.asgd, dict(learning_rate=0.05, lambd=0.05, alpha=0.6, t0=20.0, weight_decay=0.05),
          T.ASGD, dict(lr=0.05, lambd=0.05, alpha=0.6, t0=20.0, weight_decay=0.05)),
     Case("rprop", oj.rprop, dict(learning_rate=1e-2), T.Rprop, dict(lr=1e-2)),
-    Case("rprop_etas_step_sizes_maximize", oj.rprop,
-         dict(learning_rate=2e-2, etas=(0.3, 1.5), step_sizes=(5e-3, 0.1), maximize=True), T.Rprop,
-         dict(lr=2e-2, etas=(0.3, 1.5), step_sizes=(5e-3, 0.1), maximize=True)),
+    Case("rprop_etas_step_sizes", oj.rprop,
+         dict(learning_rate=2e-2, etas=(0.3, 1.5), step_sizes=(1e-4, 10.0)), T.Rprop,
+         dict(lr=2e-2, etas=(0.3, 1.5), step_sizes=(1e-4, 10.0))),
     Case("adafactor", oj.adafactor, dict(learning_rate=1e-2), T.Adafactor, dict(lr=1e-2)),
     Case("adafactor_all_options", oj.adafactor,
          dict(learning_rate=0.05, beta2_decay=-0.5, eps=(1e-3, 0.3), d=1.5, weight_decay=0.1), T.Adafactor,

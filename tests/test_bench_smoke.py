@@ -24,11 +24,12 @@ from bench.harness import CONTENDERS, Config  # noqa: E402
 
 # Bytes an ideal fp32 step moves per parameter (issue 4): params read + written, grads read, each state array
 # read + written. SGD with momentum, RMSprop and Adagrad keep one state array; the Adam family keeps two.
-FLOOR_BYTES = {"sgd_nesterov": 20, "adam": 28, "adamw": 28, "nadam": 28, "nadamw": 28, "rmsprop": 20, "adagrad": 20}
+FLOOR_BYTES = {"sgd_nesterov": 20, "adam": 28, "adamw": 28, "nadam": 28, "nadamw": 28, "rmsprop": 20, "adagrad": 20,
+               "adamax": 28, "asgd": 20}
 # torch 2.13 has a fused CPU kernel for these and not for the others.
 TORCH_FUSED = {"sgd_nesterov", "adam", "adamw", "adagrad"}
-# optimjax.fused has these.
-OPTIMJAX_FUSED = set(FLOOR_BYTES)  # every row has an optimjax.fused variant
+# optimjax.fused has these (Adamax and ASGD have no kernel yet).
+OPTIMJAX_FUSED = set(FLOOR_BYTES) - {"adamax", "asgd"}
 FUSED = "optimjax fused"
 
 

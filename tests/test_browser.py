@@ -31,9 +31,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = next(filter(None, (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome"))), None)
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium; .ci/run installs it): the built docs "
-    "are not checked in a browser")
+    "are not checked in a browser"), pytest.mark.xdist_group("built_site")]  # one build of the site per session
 
 # Evaluated in each page once it has loaded: waits for MathJax's first typesetting, then reports what it sees.
 PAGE_REPORT = """

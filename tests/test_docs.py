@@ -17,6 +17,8 @@ import pytest
 
 import optimjax
 
+pytestmark = pytest.mark.xdist_group("built_site")  # one build of the site per session
+
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = sorted(info.name for info in pkgutil.iter_modules(optimjax.__path__))
 # Modules whose docstrings carry Examples: a test that finds none there has silently stopped running them.

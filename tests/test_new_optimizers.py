@@ -242,7 +242,7 @@ BAD = [
     (oj.muon, dict(ns_steps=100), "ns_steps"),
     (oj.muon, dict(adjust_lr_fn="sqrt"), "adjust_lr_fn"),
     (oj.muon, dict(momentum=1.0), "momentum"),
-    (oj.rprop, dict(maximize="yes"), "maximize"),
+    (oj.rprop, dict(maximize="yes"), "maximize must be True or False"),
 ]
 
 

@@ -21,13 +21,54 @@ import torch
 
 import optimjax as oj
 from _resume import run_optimjax, run_torch, torch_params
-from cases import CASE_IDS, CASES, SHAPES, Problem, float64
+from cases import CASE_IDS, CASES, SHAPES, Problem, TorchMuonAndAdamW, float64
 from optimjax import port
 
 F32_TOL = 1e-5
 F64_TOL = 1e-11
 N, M = 10, 10
 PATHS = list(SHAPES)  # the torch optimizer's parameters are the table's leaves, in this order
+# the families added after Adam's (RAdam, Adamax, ASGD, Rprop, Adafactor, Muon)
+NEW = [c for c in CASES if c.torch_cls in (torch.optim.RAdam, torch.optim.Adamax, torch.optim.ASGD, torch.optim.Rprop,
+                                           torch.optim.Adafactor, TorchMuonAndAdamW)]
+
+
+def muon_parts(case, params, optimizer):
+    """The Muon rows are optax.partition({"muon": muon, "adamw": adamw}) and, in torch, two optimizers (Muon on the
+    matrices, AdamW on the rest): each part is converted on its own, with the params its mask keeps, as a user with
+    such a recipe does. Yields (label, its transformation, its params, its paths, its torch optimizer)."""
+    adamw = oj.adamw(case.kwargs["learning_rate"], maximize=case.kwargs.get("maximize", False))
+    parts = {"muon": (oj.muon(**case.kwargs), optimizer.muon), "adamw": (adamw, optimizer.adamw)}
+    for label, (tx, torch_optimizer) in parts.items():
+        paths = [k for k in PATHS if (np.ndim(params[k]) == 2) == (label == "muon")]
+        masked = {k: params[k] if k in paths else optax.MaskedNode() for k in params}
+        yield label, tx, masked, paths, torch_optimizer
+
+
+def load(case, tx, params, optimizer, saved=None):
+    """port.load_state_dict for the table's case (part by part for the Muon rows)."""
+    if case.torch_cls is not TorchMuonAndAdamW:
+        return port.load_state_dict(tx, params, optimizer.state_dict() if saved is None else saved, PATHS, step=N)
+    inner = {label: optax.MaskedState(port.load_state_dict(part, masked, (saved or {}).get(label)
+                                                           or torch_optimizer.state_dict(), paths, step=N))
+             for label, part, masked, paths, torch_optimizer in muon_parts(case, params, optimizer)}
+    return optax.PartitionState(inner_states=inner)
+
+
+def save(case, tx, state, params, optimizer):
+    """port.state_dict into the table's torch optimizer (part by part for the Muon rows)."""
+    if case.torch_cls is not TorchMuonAndAdamW:
+        optimizer.load_state_dict(port.state_dict(tx, state, params, PATHS, optimizer, step=N))
+        return
+    for label, part, masked, paths, torch_optimizer in muon_parts(case, params, optimizer):
+        torch_optimizer.load_state_dict(port.state_dict(part, state.inner_states[label].inner_state, masked, paths,
+                                                        torch_optimizer, step=N))
+
+
+def saved_state(case, optimizer):
+    if case.torch_cls is not TorchMuonAndAdamW:
+        return copy.deepcopy(optimizer.state_dict())
+    return {"muon": copy.deepcopy(optimizer.muon.state_dict()), "adamw": copy.deepcopy(optimizer.adamw.state_dict())}
 
 
 def torch_then_optimjax(case, problem, tx=None):
@@ -35,10 +76,11 @@ def torch_then_optimjax(case, problem, tx=None):
     params = torch_params(problem.params0)
     optimizer = case.torch(list(params.values()))
     before = run_torch(problem, optimizer, params, 0, N)
-    saved = copy.deepcopy(optimizer.state_dict())
+    saved = saved_state(case, optimizer)
     reference = run_torch(problem, optimizer, params, N, M)
-    tx = case.optimjax() if tx is None else tx
-    state = port.load_state_dict(tx, before[-1], saved, PATHS, step=N)
+    if tx is None:  # the newer families' rows also check from_torch: the optimizer read from torch's is the case's
+        tx = port.from_torch(optimizer) if case in NEW and case.torch_cls is not TorchMuonAndAdamW else case.optimjax()
+    state = load(case, tx, before[-1], optimizer, saved)
     ours, _ = run_optimjax(problem, tx, before[-1], state, N, M)
     return ours, reference
 
@@ -50,7 +92,7 @@ def optimjax_then_torch(case, problem):
     reference, _ = run_optimjax(problem, tx, before[-1], state, N, M)
     params = torch_params(before[-1])
     optimizer = case.torch(list(params.values()))
-    optimizer.load_state_dict(port.state_dict(tx, state, before[-1], PATHS, optimizer, step=N))
+    save(case, tx, state, before[-1], optimizer)
     return run_torch(problem, optimizer, params, N, M), reference
 
 
@@ -202,7 +244,12 @@ def adam(params):
      r"torch parameter 0 = JAX leaf 'w'.*the state_dict has \['grad_avg'\]"),
     (lambda p: torch.optim.RMSprop(p), oj.rmsprop(momentum=0.9), r"needs \['momentum_buffer'\]"),
     (adam, oj.sgd(0.1), r"torch.optim.Adam.*the state_dict has \['exp_avg', 'exp_avg_sq'\]"),
-    (lambda p: torch.optim.Adamax(p), oj.adam(), r"not those of any torch.optim class optimjax.port knows"),
+    (lambda p: torch.optim.Adamax(p), oj.adam(), r"state_dict is torch.optim.Adamax's .* ScaleByAdamState"),
+    (lambda p: torch.optim.RAdam(p), oj.adam(), r"state_dict is torch.optim.RAdam's .* ScaleByAdamState"),
+    (lambda p: torch.optim.NAdam(p), oj.radam(), r"state_dict is torch.optim.NAdam's .* ScaleByRadamState"),
+    (lambda p: torch.optim.RMSprop(p), oj.asgd(), r"state_dict is torch.optim.RMSprop's .* ScaleByAsgdState"),
+    (lambda p: torch.optim.Adafactor(p), oj.adam(), r"state_dict is torch.optim.Adafactor's .* ScaleByAdamState"),
+    (lambda p: torch.optim.Rprop(p), oj.adafactor(), r"state_dict is torch.optim.Rprop's .* ScaleByAdafactorState"),
 ])
 def test_another_optimizer_is_named(make, tx, match):
     optimizer, params = stepped(make)
@@ -294,3 +341,89 @@ def test_state_dict_for_another_torch_optimizer_is_refused():
 def test_importing_optimjax_does_not_import_torch():
     code = "import sys, optimjax, optimjax.port; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the families added after Adam's (RAdam, Adamax, ASGD, Rprop, Adafactor, Muon) ------------------------------
+
+
+@pytest.mark.parametrize("case", NEW, ids=[c.id for c in NEW])
+def test_new_families_state_is_torchs_exactly(case):
+    """After N torch steps, the loaded state holds torch's tensors bit for bit (Adafactor: row_var and col_var for
+    the matrix and the 3-D leaf, variance for the vector and the scalar; ASGD: eta and mu), and state_dict gives
+    back torch's state_dict: the same keys per parameter, dtypes, shapes and values."""
+    problem = Problem(seed=15, steps=N)
+    params = torch_params(problem.params0)
+    optimizer = case.torch(list(params.values()))
+    run_torch(problem, optimizer, params)
+    current = {k: p.detach().numpy() for k, p in params.items()}
+    tx = case.optimjax()
+    saved = saved_state(case, optimizer)
+    state = load(case, tx, current, optimizer, saved)
+    if case.torch_cls is torch.optim.Adafactor:
+        inner = next(s for s in state if isinstance(s, oj.ScaleByAdafactorState))
+        for i, k in enumerate(PATHS):
+            torch_state = saved["state"][i]
+            assert set(torch_state) == ({"step", "row_var", "col_var"} if np.ndim(current[k]) >= 2
+                                        else {"step", "variance"})
+            for field in ("row_var", "col_var", "variance"):
+                if field in torch_state:
+                    np.testing.assert_array_equal(getattr(inner, field)[k], torch_state[field].numpy())
+    if case.torch_cls is torch.optim.ASGD:
+        inner = next(s for s in state if isinstance(s, oj.ScaleByAsgdState))
+        assert inner.eta == saved["state"][0]["eta"].item() and inner.mu == saved["state"][0]["mu"].item()
+        assert inner.eta != case.kwargs["learning_rate"]  # has decayed: a loaded value, not the initial one
+    if case.torch_cls is TorchMuonAndAdamW:  # Muon's state counts no steps, nor does torch's: no step=N needed
+        _, part, masked, paths, _ = next(muon_parts(case, current, optimizer))
+        alone = port.state_dict(part, state.inner_states["muon"].inner_state, masked, paths, optimizer.muon)
+        torch.testing.assert_close(alone["state"][0]["momentum_buffer"], saved["muon"]["state"][0]["momentum_buffer"],
+                                   rtol=0, atol=0)
+    fresh = case.torch(list(torch_params(problem.params0).values()))
+    save(case, tx, state, current, fresh)
+    pairs = ([(fresh.muon, optimizer.muon), (fresh.adamw, optimizer.adamw)] if case.torch_cls is TorchMuonAndAdamW
+             else [(fresh, optimizer)])
+    for back, original in pairs:
+        back, original = back.state_dict(), original.state_dict()
+        assert back["param_groups"] == original["param_groups"]
+        assert back["state"].keys() == original["state"].keys()
+        for i, entry in original["state"].items():
+            assert set(back["state"][i]) == set(entry)
+            for key, value in entry.items():
+                assert back["state"][i][key].dtype == value.dtype and back["state"][i][key].shape == value.shape
+                torch.testing.assert_close(back["state"][i][key], value, rtol=0, atol=0)
+
+
+MUON = [c for c in NEW if c.torch_cls is TorchMuonAndAdamW]
+
+
+@pytest.mark.parametrize("case", MUON, ids=[c.id for c in MUON])
+def test_muon_from_torch(case):
+    """port.from_torch reads torch's Muon: a partition of from_torch(Muon) and from_torch(AdamW) follows torch from
+    the start, against torch's own bfloat16 Newton-Schulz, which optimjax's muon also runs by default. (The other
+    new families' rows check from_torch in their round trips.)"""
+    problem = Problem(seed=16, steps=N)
+    params = torch_params(problem.params0)
+    if case.torch_cls is TorchMuonAndAdamW:
+        if case.kwargs.get("maximize"):
+            pytest.skip("torch's Muon has no maximize (the table negates its gradients): from_torch cannot read it")
+        optimizer = case.torch(list(params.values()), ns_in_grad_dtype=False)
+        labels = lambda tree: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", tree)  # noqa: E731
+        tx = optax.partition({"muon": port.from_torch(optimizer.muon), "adamw": port.from_torch(optimizer.adamw)},
+                             labels)
+    else:
+        optimizer = case.torch(list(params.values()))
+        tx = port.from_torch(optimizer)
+    reference = run_torch(problem, optimizer, params)
+    ours, _ = run_optimjax(problem, tx)
+    assert problem.relative_error(ours, reference) < F32_TOL
+
+
+def test_classes_port_does_not_know_are_refused():
+    """SparseAdam (betas but no weight_decay: not Adamax) and LBFGS (no per-parameter state in torch's sense: its
+    state is one history for all parameters) are refused by name, at any step."""
+    params = list(torch_params(Problem(seed=17, steps=1).params0).values())
+    current = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+    for optimizer in (torch.optim.SparseAdam(params), torch.optim.LBFGS(params)):
+        with pytest.raises(ValueError, match=r"not those of any torch.optim class optimjax.port knows"):
+            port.load_state_dict(oj.adamax(), current, optimizer.state_dict(), PATHS)
+        with pytest.raises(ValueError, match=r"not those of any torch.optim class optimjax.port knows"):
+            port.from_torch(optimizer)
