@@ -10,7 +10,8 @@ import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range
 from optimjax._kernels import ADAMAX, Kernel, fused_kernel
-from optimjax._tree import bias_correction, check_tree, lerp, like, next_count, zeros_like
+from optimjax._tree import bias_correction, cast_like, check_tree, float_leaves, leafwise, lerp, like, next_count
+from optimjax._tree import zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -56,18 +57,21 @@ def scale_by_adamax(
     check_range(where, "eps", eps)
 
     def init_fn(params):
+        params = float_leaves(where, params, "parameter", "init()")
         return ScaleByAdamaxState(count=jnp.zeros([], jnp.int32), mu=zeros_like(params, mu_dtype),
                                   nu=zeros_like(params))
 
     def update_fn(updates, state, params=None):
         del params
+        updates = float_leaves(where, updates)
         check_tree(where, updates, state.mu)
         count, t = next_count(state.count)
         inv_bc1 = 1 / bias_correction(b1, t)
-        mu = jax.tree.map(lambda g, m: lerp(m.astype(g.dtype), g, 1 - b1), updates, state.mu)
-        nu = jax.tree.map(lambda g, u: jnp.maximum(u * like(b2, u), jnp.abs(g) + like(eps, g)), updates, state.nu)
-        updates = jax.tree.map(lambda m, u: m / u * like(inv_bc1, m), mu, nu)
-        return updates, ScaleByAdamaxState(count=count, mu=optax.tree.cast(mu, mu_dtype), nu=nu)
+        mu = leafwise(lambda g, m: lerp(m, g, 1 - b1), updates, state.mu)
+        nu = leafwise(lambda g, u: jnp.maximum(u * like(b2, u), jnp.abs(g) + like(eps, g)), updates, state.nu)
+        directions = leafwise(lambda m, u: m / u * like(inv_bc1, m), mu, nu)
+        state = ScaleByAdamaxState(count=count, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu))
+        return cast_like(directions, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 

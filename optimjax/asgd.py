@@ -10,7 +10,7 @@ import optax
 
 from optimjax._checks import check_learning_rate, check_range
 from optimjax._kernels import ASGD, Kernel, fused_kernel
-from optimjax._tree import check_tree, like, next_count, placed_like, scalar_dtype
+from optimjax._tree import cast_like, check_tree, float_leaves, leafwise, like, next_count, scalar_dtype, zeros_like
 from optimjax.learning_rate import maximizing
 from optimjax.weight_decay import add_decayed_weights
 
@@ -81,33 +81,35 @@ def scale_by_asgd(
     lr_at = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
 
     def init_fn(params):
+        params = float_leaves(where, params, "parameter", "init()")
         dtype = scalar_dtype()
         return ScaleByAsgdState(
             count=jnp.zeros([], jnp.int32),
             eta=jnp.asarray(lr_at(jnp.zeros([], jnp.int32)), dtype),
             mu=jnp.ones([], dtype),
-            ax=jax.tree.map(lambda p: placed_like(jnp.zeros_like(p), p), params),
+            ax=zeros_like(params),
         )
 
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError("scale_by_asgd: update() needs `params` (tx.update(grads, state, params)).")
+        updates = float_leaves(where, updates)
+        params = float_leaves(where, params, "parameter")
         check_tree(where, updates, state.ax)
         check_tree(where, updates, params, "the params")
         eta, mu = state.eta, state.mu
 
         def step(g, p):
-            p = p.astype(g.dtype)
             new = p * like(1 - lambd * eta, p) - like(eta, g) * g
             return new - p
 
-        updates = jax.tree.map(step, updates, params)
+        updates = cast_like(leafwise(step, updates, params), updates)
+        new_params = optax.apply_updates(params, updates)
 
-        def average(ax, p, u):
-            new = optax.apply_updates(p, u)
+        def average(ax, new):
             return jnp.where(mu == 1, new, ax + (new - ax) * like(mu, ax))
 
-        ax = jax.tree.map(average, state.ax, params, updates)
+        ax = cast_like(leafwise(average, state.ax, new_params), state.ax)
         count, eta, mu = asgd_scalars(learning_rate, lambd, alpha, t0, state.count)
         return updates, ScaleByAsgdState(count=count, eta=eta, mu=mu, ax=ax)
 

@@ -12,7 +12,8 @@ import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value
 from optimjax._kernels import RADAM, Kernel, fused_kernel
-from optimjax._tree import bias_correction, check_tree, like, moments, next_count, zeros_like
+from optimjax._tree import bias_correction, cast_like, check_tree, float_leaves, leafwise, like, moments, next_count
+from optimjax._tree import zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -138,11 +139,13 @@ def scale_by_radam(
     start = rectification_start(b2_value) if b2_value is not None else None
 
     def init_fn(params):
+        params = float_leaves(where, params, "parameter", "init()")
         return ScaleByRadamState(count=jnp.zeros([], jnp.int32), mu=zeros_like(params, mu_dtype),
                                  nu=zeros_like(params, nu_dtype))
 
     def update_fn(updates, state, params=None):
         del params
+        updates = float_leaves(where, updates)
         check_tree(where, updates, state.mu)
         count, t = next_count(state.count)
         bc1, bc2_sqrt, rect, rectified = radam_step_scalars(b1, b2, start, count, t)
@@ -153,9 +156,9 @@ def scale_by_radam(
             adaptive = like(bc2_sqrt, v) / (jnp.sqrt(v) + like(eps, v))
             return jnp.where(rectified, m_hat * adaptive * like(rect, m), m_hat)
 
-        updates = jax.tree.map(direction, mu, nu)
-        state = ScaleByRadamState(count=count, mu=optax.tree.cast(mu, mu_dtype), nu=optax.tree.cast(nu, nu_dtype))
-        return updates, state
+        directions = leafwise(direction, mu, nu)
+        state = ScaleByRadamState(count=count, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu))
+        return cast_like(directions, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -10,7 +10,7 @@ import optax
 
 from optimjax._checks import check_learning_rate, check_range, concrete_value
 from optimjax._kernels import RPROP, Kernel, fused_kernel
-from optimjax._tree import check_tree, full_like, like, next_count, zeros_like
+from optimjax._tree import cast_like, check_tree, float_leaves, full_like, leafwise, like, next_count, zeros_like
 from optimjax.learning_rate import maximizing
 
 
@@ -75,24 +75,28 @@ def scale_by_rprop(
     initial = learning_rate(0) if callable(learning_rate) else learning_rate
 
     def init_fn(params):
+        params = float_leaves(where, params, "parameter", "init()")
         return ScaleByRpropState(count=jnp.zeros([], jnp.int32), prev=zeros_like(params),
                                  step_size=full_like(params, initial))
 
     def update_fn(updates, state, params=None):
         del params
+        updates = float_leaves(where, updates)
         check_tree(where, updates, state.prev)
         count, _ = next_count(state.count)
 
         def step(g, prev, s):
-            product = g * prev.astype(g.dtype)
+            product = g * prev
             factor = jnp.where(product > 0, like(eta_plus, s), jnp.where(product < 0, like(eta_minus, s), 1))
             s = jnp.clip(s * factor, like(step_min, s), like(step_max, s))
             g = jnp.where(product < 0, jnp.zeros_like(g), g)  # no step where the sign flipped, no flip test next
-            return -jnp.sign(g) * s.astype(g.dtype), g.astype(prev.dtype), s
+            return -jnp.sign(g) * s, g, s
 
-        out = jax.tree.map(step, updates, state.prev, state.step_size)
+        out = leafwise(step, updates, state.prev, state.step_size)
         pick = lambda i: jax.tree.map(lambda _, o: o[i], updates, out)  # noqa: E731
-        return pick(0), ScaleByRpropState(count=count, prev=pick(1), step_size=pick(2))
+        state = ScaleByRpropState(count=count, prev=cast_like(pick(1), state.prev),
+                                  step_size=cast_like(pick(2), state.step_size))
+        return cast_like(pick(0), updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 

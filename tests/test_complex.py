@@ -16,7 +16,8 @@ from cases import CASES as ALL_CASES, SHAPES, Problem, float64
 # The families whose transforms follow the dtype policy and complex rule of optimjax._tree (issue 10's list); the
 # families added since (RAdam, Adamax, ASGD, Rprop, Adafactor, Muon) are not covered yet.
 COVERED = {optimjax.sgd, optimjax.momentum, optimjax.nesterov, optimjax.adam, optimjax.amsgrad, optimjax.adamw,
-           optimjax.nadam, optimjax.nadamw, optimjax.rmsprop, optimjax.adagrad, optimjax.adadelta}
+           optimjax.nadam, optimjax.nadamw, optimjax.rmsprop, optimjax.adagrad, optimjax.adadelta,
+           optimjax.radam, optimjax.adamax, optimjax.asgd, optimjax.rprop}
 CASES = [c for c in ALL_CASES if c.factory in COVERED]
 CASE_IDS = [c.id for c in CASES]
 
