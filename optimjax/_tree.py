@@ -108,6 +108,22 @@ def float_leaves(where: str, tree: Any, what: str = "gradient", phase: str = "up
     raise AssertionError("unreachable")
 
 
+def real_leaves(where: str, tree: Any, what: str = "gradient", phase: str = "update()") -> Any:
+    """`float_leaves(...)`, and TypeError naming the leaf's path for a complex leaf: for the optimizers that, like
+    their torch.optim counterparts (Adafactor, Muon), are defined on real matrices only, so that the real and
+    imaginary parts cannot be taken as two independent parameters (a row norm, a matrix product mixes them)."""
+    tree = float_leaves(where, tree, what, phase)
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        if jnp.iscomplexobj(x):
+            at = jax.tree_util.keystr(path) or "the root"
+            raise TypeError(
+                f"{where}: {phase} got a {x.dtype} {what} at {at}; this optimizer takes real floating-point leaves "
+                "only (torch.optim raises too): split the leaf into its real and imaginary parts (two real "
+                "leaves) or give it another optimizer (optax.partition)."
+            )
+    return tree
+
+
 def state_dtype(leaf: Any, dtype: Any = None) -> jnp.dtype:
     """The dtype of a state leaf for parameter `leaf`: its own dtype, or `dtype` (mu_dtype / nu_dtype) made
     complex of the same precision for a complex parameter (float32 -> complex64, float64 -> complex128)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import optax
 
 from optimjax._checks import check_learning_rate, check_range
-from optimjax._tree import check_tree, lerp, like, next_count, placed_like, scalar_dtype
+from optimjax._tree import cast_like, check_tree, lerp, like, next_count, placed_like, real_leaves, scalar_dtype
 from optimjax.learning_rate import maximizing
 
 
@@ -88,6 +89,8 @@ def scale_by_adafactor(
     lr_at = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
 
     def init_fn(params):
+        params = real_leaves(where, params, "parameter", "init()")
+
         def slots(p):  # (row_var, col_var, variance) of one leaf; unused slots are 0-d zeros
             zeros = placed_like(jnp.zeros_like(p), p)
             none = zeros if p.ndim == 0 else jnp.zeros([], p.dtype)
@@ -103,6 +106,8 @@ def scale_by_adafactor(
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(f"{where}: update() needs `params` (tx.update(grads, state, params)).")
+        updates = real_leaves(where, updates)
+        params = real_leaves(where, params, "parameter")
         check_tree(where, updates, params, "the params")
         lr = jnp.asarray(lr_at(state.count), scalar_dtype())
         count, t = next_count(state.count)
@@ -114,26 +119,30 @@ def scale_by_adafactor(
             x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
             return jnp.sqrt(jnp.sum(jnp.square(x))) / np.sqrt(max(x.size, 1))
 
-        def step(g, p, r, c, v):
-            e1 = float(jnp.finfo(g.dtype).eps) if eps1 is None else eps1
+        def step(g, p, r, c, v):  # in the promotion of the dtypes read; eps1 from the param's dtype, as torch
+            e1 = float(jnp.finfo(p.dtype).eps) if eps1 is None else eps1
+            dtype = functools.reduce(jnp.promote_types, [x.dtype for x in (g, p, r, c, v)])
+            stored = r.dtype, c.dtype, v.dtype
+            g, p, r, c, v = (x.astype(dtype) for x in (g, p, r, c, v))
             alpha = jnp.maximum(eps2, rms(p)) * rho
             if is_factored(g):
                 row_mean = jnp.square(jnp.linalg.norm(g, axis=-1, keepdims=True)) / like(g.shape[-1], g)
                 col_mean = jnp.square(jnp.linalg.norm(g, axis=-2, keepdims=True)) / like(g.shape[-2], g)
-                r = lerp(r.astype(g.dtype), row_mean, w)
-                c = lerp(c.astype(g.dtype), col_mean, w)
+                r = lerp(r, row_mean, w)
+                c = lerp(c, col_mean, w)
                 estimate = r * c / jnp.maximum(jnp.mean(r, axis=-2, keepdims=True), like(e1, g))
             else:
-                v = lerp(v.astype(g.dtype), g * g, w)
+                v = lerp(v, g * g, w)
                 estimate = v
             u = 1 / jnp.sqrt(jnp.maximum(estimate, like(e1 * e1, g))) * g
             denom = jnp.maximum(1, rms(u) / d)
-            new = p.astype(g.dtype) * like(keep, g) - like(alpha / denom, g) * u
-            return new - p.astype(g.dtype), r.astype(p.dtype), c.astype(p.dtype), v.astype(p.dtype)
+            new = p * like(keep, g) - like(alpha / denom, g) * u
+            return new - p, *(x.astype(k) for x, k in zip((r, c, v), stored))
 
         out = jax.tree.map(step, updates, params, state.row_var, state.col_var, state.variance)
         pick = lambda i: jax.tree.map(lambda _, o: o[i], updates, out)  # noqa: E731
-        return pick(0), ScaleByAdafactorState(count=count, row_var=pick(1), col_var=pick(2), variance=pick(3))
+        state = ScaleByAdafactorState(count=count, row_var=pick(1), col_var=pick(2), variance=pick(3))
+        return cast_like(pick(0), updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value
-from optimjax._tree import check_tree, lerp, like, zeros_like
+from optimjax._tree import cast_like, check_tree, lerp, like, real_leaves, zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -111,7 +111,7 @@ def scale_by_muon(
       eps: floor of the Frobenius norm the input is divided by, >= 0.
       ns_steps: number of Newton-Schulz iterations, in [0, 100) (torch's bound).
       adjust_lr_fn: None or "original" (sqrt(max(1, A / B))), or "match_rms_adamw" (0.2 sqrt(max(A, B))).
-      ns_dtype: dtype of the iteration (torch: bfloat16); None: the gradient's dtype.
+      ns_dtype: dtype of the iteration (torch: bfloat16); None: the promotion of the gradient's and B's dtypes.
       mu_dtype: dtype to store B in; None keeps each param's dtype.
     """
     where = "scale_by_muon"
@@ -126,22 +126,27 @@ def scale_by_muon(
         raise ValueError(f"{where}: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', got {adjust_lr_fn!r}")
 
     def init_fn(params):
+        params = real_leaves(where, params, "parameter", "init()")
         check_matrices(where, params)
         return ScaleByMuonState(momentum_buffer=zeros_like(params, mu_dtype))
 
     def update_fn(updates, state, params=None):
         del params
+        updates = real_leaves(where, updates)
         check_tree(where, updates, state.momentum_buffer)
 
-        def direction(g, buf):
-            buf = lerp(buf.astype(g.dtype), g, 1 - momentum)
+        def direction(g, buf):  # in the promotion of the gradient's and the buffer's dtype
+            dtype = jnp.promote_types(g.dtype, buf.dtype)
+            g, buf = g.astype(dtype), buf.astype(dtype)
+            buf = lerp(buf, g, 1 - momentum)
             m = lerp(g, buf, momentum) if nesterov else buf
-            o = orthogonalize(m, ns_coefficients, ns_steps, eps, g.dtype if ns_dtype is None else ns_dtype)
-            return like(lr_ratio(adjust_lr_fn, g.shape), g) * o.astype(g.dtype), buf
+            o = orthogonalize(m, ns_coefficients, ns_steps, eps, dtype if ns_dtype is None else ns_dtype)
+            return like(lr_ratio(adjust_lr_fn, g.shape), g) * o.astype(dtype), buf
 
         out = jax.tree.map(direction, updates, state.momentum_buffer)
         pick = lambda i: jax.tree.map(lambda _, o: o[i], updates, out)  # noqa: E731
-        return pick(0), ScaleByMuonState(momentum_buffer=optax.tree.cast(pick(1), mu_dtype))
+        buffer = cast_like(pick(1), state.momentum_buffer)
+        return cast_like(pick(0), updates), ScaleByMuonState(momentum_buffer=buffer)
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -53,7 +53,7 @@ def muon_and_adamw(learning_rate=1e-3, weight_decay=0.1, momentum=0.95, nesterov
     """optimjax.muon on the matrices and optimjax.adamw (same learning rate) on every other leaf: the partition
     the README shows, and the way the table's problem (with 0-d, 1-D and 3-D leaves) can run Muon at all. (Named
     arguments, not **kwargs, so that optax.inject_hyperparams can read them.)"""
-    labels = lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", params)  # noqa: E731
+    labels = lambda params: jax.tree.map(lambda p: "muon" if jnp.ndim(p) == 2 else "adamw", params)  # noqa: E731
     muon = oj.muon(learning_rate, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn,
                    ns_dtype, maximize=maximize)
     return optax.partition({"muon": muon, "adamw": oj.adamw(learning_rate, maximize=maximize)}, labels)

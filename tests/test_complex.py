@@ -13,8 +13,9 @@ import torch
 import optimjax
 from cases import CASES as ALL_CASES, SHAPES, Problem, float64
 
-# The families whose transforms follow the dtype policy and complex rule of optimjax._tree (issue 10's list); the
-# families added since (RAdam, Adamax, ASGD, Rprop, Adafactor, Muon) are not covered yet.
+# The families whose transforms follow the dtype policy and complex rule of optimjax._tree (issue 10: every
+# optimizer). Adafactor and Muon take real leaves only, as torch's (see test_complex's
+# test_real_only_optimizers_raise_on_complex_leaves), so they are in the dtype policy's set and not the complex one.
 COVERED = {optimjax.sgd, optimjax.momentum, optimjax.nesterov, optimjax.adam, optimjax.amsgrad, optimjax.adamw,
            optimjax.nadam, optimjax.nadamw, optimjax.rmsprop, optimjax.adagrad, optimjax.adadelta,
            optimjax.radam, optimjax.adamax, optimjax.asgd, optimjax.rprop}
@@ -178,3 +179,26 @@ def test_complex_maximize_matches_torch(case):
     err = problem.relative_error(problem.run_optimjax(case.optimjax(maximize=True)),
                                  problem.run_torch(lambda params: case.torch(params, maximize=True)))
     assert err < F32_TOL, f"{case.id}: {err:.2e} from torch with maximize=True"
+
+
+REAL_ONLY = {"adafactor": (optimjax.adafactor, torch.optim.Adafactor), "muon": (optimjax.muon, torch.optim.Muon)}
+
+
+@pytest.mark.parametrize("name", REAL_ONLY)
+def test_real_only_optimizers_raise_on_complex_leaves(name):
+    """torch's Adafactor and Muon refuse complex parameters (their row norms and matrix products would mix the
+    real and imaginary parts, so view_as_real is no answer); ours raise TypeError naming the leaf, at init and at
+    update, instead of running a complex step that torch has no definition of."""
+    ours, theirs = REAL_ONLY[name]
+    p = torch.zeros(3, 2, dtype=torch.complex64, requires_grad=True)
+    p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match="complex"):
+        theirs([p], lr=0.01).step()
+
+    tx = ours(learning_rate=0.01)
+    with pytest.raises(TypeError, match=r"init\(\) got a complex64 parameter at \['layer'\]\['z'\]"):
+        tx.init({"layer": {"z": jnp.zeros((3, 2), jnp.complex64), "w": jnp.ones((3, 2))}})
+    params = {"layer": {"z": jnp.zeros((3, 2)), "w": jnp.ones((3, 2))}}
+    state = tx.init(params)
+    with pytest.raises(TypeError, match=r"update\(\) got a complex64 gradient at \['layer'\]\['z'\]"):
+        tx.update({"layer": {"z": jnp.ones((3, 2), jnp.complex64), "w": jnp.ones((3, 2))}}, state, params)
