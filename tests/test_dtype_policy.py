@@ -140,3 +140,34 @@ def test_muon_integer_and_bool_matrices_raise_naming_the_path(kind):
     params = {"layer": {"step": jnp.zeros((3, 1)), "w": jnp.ones((3, 2))}}
     with pytest.raises(TypeError, match=rf"(?s)update\(\) got an? {kind} gradient .*\['layer'\]\['step'\]"):
         tx.update({"layer": {"step": bad, "w": jnp.ones((3, 2))}}, tx.init(params), params)
+
+
+def test_adafactor_and_muon_keep_float32_state_with_bfloat16_gradients():
+    """float32 params, bfloat16 gradients g_t alternating 1 and 2 (exact in bfloat16) on every entry: Adafactor's
+    variance and row factor follow x_t = x_{t-1} + t**-0.8 (g_t**2 - x_{t-1}) and Muon's buffer
+    B_t = B_{t-1} + 0.05 (g_t - B_{t-1}), computed here in numpy float64; a state computed in bfloat16 is ~1e-3
+    off."""
+    steps = 60
+    g = [1.0 + t % 2 for t in range(steps)]
+    x, b = 0.0, 0.0
+    for t in range(1, steps + 1):
+        x += t**-0.8 * (g[t - 1] ** 2 - x)
+        b += 0.05 * (g[t - 1] - b)
+
+    def run(tx, params):
+        state, update = tx.init(params), jax.jit(tx.update)
+        for t in range(steps):
+            grads = jax.tree.map(lambda p: jnp.full(p.shape, g[t], jnp.bfloat16), params)
+            updates, state = update(grads, state, params)
+            assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+        return state
+
+    state = run(optimjax.adafactor(0.0), {"v": jnp.ones(3), "m": jnp.ones((2, 3))})  # lr 0: params stay put
+    (inner,) = [s for s in state if hasattr(s, "variance")]
+    assert inner.variance["v"].dtype == inner.row_var["m"].dtype == jnp.float32
+    np.testing.assert_allclose(inner.variance["v"], x, rtol=1e-5)
+    np.testing.assert_allclose(inner.row_var["m"], x, rtol=1e-5)
+    state = run(optimjax.muon(0.0, weight_decay=0.0), {"m": jnp.ones((2, 3))})
+    (inner,) = [s for s in state if hasattr(s, "momentum_buffer")]
+    assert inner.momentum_buffer["m"].dtype == jnp.float32
+    np.testing.assert_allclose(inner.momentum_buffer["m"], b, rtol=1e-5)
