@@ -60,12 +60,17 @@ def scale_by_adafactor(
         U_t = g / sqrt(max(V_t, eps1**2))
         theta_t = theta_{t-1} * (1 - lr_t * weight_decay) - alpha_t / max(1, RMS(U_t) / d) * U_t
 
-    eps1 = None is the machine epsilon of the leaf's dtype. The returned update is theta_t - theta_{t-1}, so it
+    eps1 = None is the machine epsilon of the param's dtype (as in torch). The returned update is theta_t - theta_{t-1}, so it
     includes the decoupled weight decay and the step size: nothing scales it afterwards, and `params` are
     required. Same as torch.optim.Adafactor's single-tensor path (torch computes the scalars in Python float64,
     here they are float32 scalars unless jax_enable_x64). optax.adafactor is another algorithm (constant
     decay_rate, factoring only the two largest dims of tensors above a minimum size, momentum, clipping and
     eps placed differently): 7e-3 apart at step 1.
+
+    Complex parameters raise TypeError naming the leaf, as torch.optim.Adafactor raises (a row norm would mix
+    the real and imaginary parts).
+    dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
+    dtypes read, updates in the gradients' dtype; integer and bool leaves raise TypeError naming the leaf.
 
     Args:
       learning_rate: lr >= 0 (the cap of the relative step size) or a schedule of the step count.

@@ -45,6 +45,11 @@ def scale_by_adamax(
     Same as torch.optim.Adamax's single-tensor path (eps is added to |g_t| inside the max, as in torch) and as
     `optax.scale_by_adamax` (measured 2e-7 apart in float32 over 100 steps).
 
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex;
+    u's real part is the infinity norm of re(g), its imaginary part that of im(g)).
+    dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
+    dtypes read, updates in the gradients' dtype; integer and bool leaves raise TypeError naming the leaf.
+
     Args:
       b1: decay rate of the first moment m, in [0, 1).
       b2: decay rate of the infinity norm u, in [0, 1).

@@ -67,6 +67,10 @@ def scale_by_asgd(
     updates after it). Requires `params` in `update`. torch.optim.ASGD's single-tensor path, operation by
     operation; optax has no ASGD. `asgd_averaged_params(state)` returns ax from a chained state.
 
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (ax stays complex).
+    dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
+    dtypes read, updates in the gradients' dtype; integer and bool leaves raise TypeError naming the leaf.
+
     Args:
       learning_rate: lr >= 0 or a schedule of the step count (evaluated at the end of each step, as above).
       lambd: decay term, >= 0 (multiplies theta by 1 - lambd * eta_t each step).

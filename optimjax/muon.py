@@ -104,6 +104,10 @@ def scale_by_muon(
     optax.contrib.muon differs: it bias-corrects the momentum, runs Newton-Schulz in float32, and sends
     non-2-D leaves to Adam; here they raise (as torch's constructor does), naming the leaf.
 
+    Complex parameters raise TypeError naming the leaf, as torch.optim.Muon raises.
+    dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
+    dtypes read, updates in the gradients' dtype; integer and bool leaves raise TypeError naming the leaf.
+
     Args:
       momentum: in [0, 1).
       nesterov: use the look-ahead M_t above.

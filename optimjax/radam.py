@@ -123,13 +123,17 @@ def scale_by_radam(
     optax.scale_by_radam differs on both: it switches at rho_t >= 5 and adds eps to the bias-corrected
     sqrt(v_t / (1 - b2**t)) (6e-5 apart over 100 steps with the defaults, 2e-3 with eps = 1e-3).
 
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (state stays complex).
+    dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
+    dtypes read, updates in the gradients' dtype; integer and bool leaves raise TypeError naming the leaf.
+
     Args:
       b1: decay rate of the first moment m, in [0, 1).
       b2: decay rate of the second moment v, in [0, 1); with b2 <= 2/3, rho_t never exceeds 5 and RAdam is SGD
         with bias-corrected momentum.
       eps: added to sqrt(v_t) in the denominator, >= 0.
       mu_dtype: dtype to store m in (e.g. jnp.bfloat16); None keeps each param's dtype.
-      nu_dtype: dtype to store v in; None keeps each param's dtype. The update is computed in the gradients' dtype.
+      nu_dtype: dtype to store v in; None keeps each param's dtype.
     """
     where = "scale_by_radam"
     check_beta(where, "b1", b1)

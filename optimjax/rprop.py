@@ -55,6 +55,11 @@ def scale_by_rprop(
     but not the step sizes already in the state), a schedule is read once, at step 0, and an injected learning
     rate only at `init`. The update is returned with its sign (no `scale_by_learning_rate` follows).
 
+    Complex parameters: real and imaginary parts are separate parameters, as in torch (each part has its own
+    sign test and step size, which starts at lr + lr * 1j).
+    dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
+    dtypes read, updates in the gradients' dtype; integer and bool leaves raise TypeError naming the leaf.
+
     Args:
       learning_rate: the initial step size s_0 >= 0 (a schedule is evaluated at step 0).
       etas: (eta_minus, eta_plus) with 0 < eta_minus < 1 < eta_plus (torch's check).
