@@ -70,7 +70,7 @@ def test_hyperparameter_array_that_is_not_0d_raises_naming_it(factory, name, oth
         factory(**{**others, name: value})
 
 
-@pytest.mark.parametrize("wrong", ["0.1", [0.1], (0.1,), 1j, True, object()], ids=repr)
+@pytest.mark.parametrize("wrong", ["0.1", [0.1], (0.1,), 1j, True, object()], ids=lambda w: "object()" if type(w) is object else repr(w))
 @pytest.mark.parametrize("factory, name, others", ARGUMENTS, ids=ARGUMENT_IDS)
 def test_hyperparameter_of_a_wrong_type_raises_type_error_naming_it(factory, name, others, wrong):
     """Before: ValueError, and a list [0.1] was accepted."""
