@@ -63,9 +63,9 @@ def scale_by_adafactor(
     eps1 = None is the machine epsilon of the param's dtype (as in torch). The returned update is
     theta_t - theta_{t-1}, so it includes the decoupled weight decay and the step size: nothing scales it
     afterwards, and `params` are required. Same as torch.optim.Adafactor's single-tensor path (torch computes
-    the scalars in Python float64, here they are float32 scalars unless jax_enable_x64). optax.adafactor is another algorithm (constant
-    decay_rate, factoring only the two largest dims of tensors above a minimum size, momentum, clipping and
-    eps placed differently): 7e-3 apart at step 1.
+    the scalars in Python float64, here they are float32 scalars unless jax_enable_x64). optax.adafactor is
+    another algorithm (constant decay_rate, factoring only the two largest dims of tensors above a minimum
+    size, momentum, clipping and eps placed differently): 7e-3 apart at step 1.
 
     Complex parameters raise TypeError naming the leaf, as torch.optim.Adafactor raises (a row norm would mix
     the real and imaginary parts).
