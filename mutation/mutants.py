@@ -66,8 +66,8 @@ MUTANTS = [
            ("tests/test_torch_parity.py::test_float64_matches_torch[rmsprop]",),
            "RMSprop's eps inside the sqrt (optax's default), 2.8e-5 off torch in float32"),
     Mutant("nesterov_old_velocity", "optimjax/sgd.py",
-           "updates = jax.tree.map(lambda g, v: g + like(beta, v) * v, updates, velocity)",
-           "updates = jax.tree.map(lambda g, v: g + like(beta, v) * v, updates, state.velocity)",
+           "directions = leafwise(lambda g, v: g + like(beta, v) * v, updates, velocity)",
+           "directions = leafwise(lambda g, v: g + like(beta, v) * v, updates, state.velocity)",
            ("tests/test_torch_parity.py::test_float32_matches_torch[nesterov]",),
            "Nesterov's look-ahead with the previous velocity"),
     Mutant("dampening_on_first_step", "optimjax/sgd.py",
@@ -138,7 +138,8 @@ def start(mutant: Mutant, root: Path) -> subprocess.Popen:
     """Run the mutant's tests in the copy at `root` (stop at the first failure), in a subprocess."""
     env = {**os.environ, "OPTIMJAX_CACHE_DIR": str(root / "kernel-cache"), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPATH", None)
-    command = [sys.executable, "-c", _RUN, str(root), "-x", "-q", "-p", "no:cacheprovider", *mutant.tests]
+    # -n 0: one process (pyproject's addopts spread the suite over xdist workers, whose -x exits 2, "interrupted")
+    command = [sys.executable, "-c", _RUN, str(root), "-n", "0", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests]
     return subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -28,8 +28,8 @@ FLOOR_BYTES = {"sgd_nesterov": 20, "adam": 28, "adamw": 28, "nadam": 28, "nadamw
                "adamax": 28, "asgd": 20}
 # torch 2.13 has a fused CPU kernel for these and not for the others.
 TORCH_FUSED = {"sgd_nesterov", "adam", "adamw", "adagrad"}
-# optimjax.fused has these (Adamax and ASGD have no kernel yet).
-OPTIMJAX_FUSED = set(FLOOR_BYTES) - {"adamax", "asgd"}
+# optimjax.fused has a kernel for every benchmarked optimizer.
+OPTIMJAX_FUSED = set(FLOOR_BYTES)
 FUSED = "optimjax fused"
 
 
