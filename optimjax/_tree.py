@@ -195,6 +195,12 @@ def lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
     return jnp.where(jnp.abs(w) < 0.5, near_start(), near_end())
 
 
+def lerp_end_form(b1: Any) -> bool:
+    """Whether torch.lerp takes its `end`-anchored form for the moving average `lerp(m, g, 1 - b1)`: the flag the
+    fused kernel needs to round as `lerp` does (weight `1 - b1` >= 0.5, that is b1 <= 0.5)."""
+    return bool(abs(1 - b1) >= 0.5)
+
+
 def ema_of_square(avg: jax.Array, g: jax.Array, decay: Any) -> jax.Array:
     """`decay * avg + (1 - decay) * g**2`, in torch's order (`avg.mul_(decay).addcmul_(g, g, value=1 - decay)`)."""
     return avg * like(decay, avg) + like(1 - decay, g) * g * g

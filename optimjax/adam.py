@@ -12,7 +12,7 @@ from optimjax._checks import check_beta, check_learning_rate, check_range, is_ze
 from optimjax._checks import check_dtype, check_flag, named_optimizer
 from optimjax._kernels import ADAM, Kernel, fused_kernel
 from optimjax._tree import bias_correction, cast_like, check_tree, float_leaves, leafwise, like, moments, next_count
-from optimjax._tree import zeros_like
+from optimjax._tree import lerp_end_form, zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -141,9 +141,8 @@ def _adam_kernel(name: str, coupled: bool) -> Callable[..., Kernel | str]:
             inv_bc1, _, bc2_sqrt = adam_scalars(b1, b2, t)
             return [1 - b1, b2, 1 - b2, inv_bc1, bc2_sqrt, 0.0, eps], {"count": count}
 
-        lerp_second_form = bool(abs(1 - b1) >= 0.5)  # torch.lerp's formula for a weight >= 0.5
         return Kernel(name, ADAM, ScaleByAdamState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
-                      coupled, (lerp_second_form, False), maximize)
+                      coupled, (lerp_end_form(b1), False), maximize)
 
     return describe
 

@@ -11,7 +11,7 @@ import optax
 from optimjax._checks import check_beta, check_learning_rate, check_range
 from optimjax._kernels import ADAMAX, Kernel, fused_kernel
 from optimjax._tree import bias_correction, cast_like, check_tree, float_leaves, leafwise, lerp, like, next_count
-from optimjax._tree import zeros_like
+from optimjax._tree import lerp_end_form, zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -88,9 +88,8 @@ def _adamax_kernel(learning_rate, b1, b2, eps, weight_decay, maximize, **_) -> K
         count, t = next_count(state.count)
         return [1 - b1, b2, eps, 1 / bias_correction(b1, t)], {"count": count}
 
-    lerp_second_form = bool(abs(1 - b1) >= 0.5)  # torch.lerp's formula for a weight >= 0.5
     return Kernel("adamax", ADAMAX, ScaleByAdamaxState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
-                  True, (lerp_second_form, False), maximize)
+                  True, (lerp_end_form(b1), False), maximize)
 
 
 @fused_kernel(_adamax_kernel)

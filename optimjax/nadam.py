@@ -12,7 +12,7 @@ from optimjax._checks import check_beta, check_learning_rate, check_range
 from optimjax._checks import check_dtype, named_optimizer
 from optimjax._kernels import NADAM, Kernel, fused_kernel
 from optimjax._tree import bias_correction, cast_like, check_tree, float_leaves, leafwise, like, moments, next_count
-from optimjax._tree import power, scalar_dtype, zeros_like
+from optimjax._tree import lerp_end_form, power, scalar_dtype, zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -157,9 +157,8 @@ def _nadam_kernel(name: str, coupled: bool) -> Callable[..., Kernel | str]:
             fields = {"count": count, "mu_product": mu_product.astype(state.mu_product.dtype)}
             return [1 - b1, b2, 1 - b2, grad_coef, momentum_coef, bc2, eps], fields
 
-        lerp_second_form = bool(abs(1 - b1) >= 0.5)  # torch.lerp's formula for a weight >= 0.5
         return Kernel(name, NADAM, ScaleByNadamState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
-                      coupled, (lerp_second_form, False), maximize)
+                      coupled, (lerp_end_form(b1), False), maximize)
 
     return describe
 

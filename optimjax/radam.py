@@ -13,7 +13,7 @@ import optax
 from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value
 from optimjax._kernels import RADAM, Kernel, fused_kernel
 from optimjax._tree import bias_correction, cast_like, check_tree, float_leaves, leafwise, like, moments, next_count
-from optimjax._tree import zeros_like
+from optimjax._tree import lerp_end_form, zeros_like
 from optimjax.learning_rate import maximizing, scale_by_learning_rate
 from optimjax.weight_decay import add_decayed_weights
 
@@ -177,9 +177,8 @@ def _radam_kernel(learning_rate, b1, b2, eps, weight_decay, decoupled_weight_dec
         bc1, bc2_sqrt, rect, rectified = radam_step_scalars(b1, b2, start, count, t)
         return [1 - b1, b2, 1 - b2, bc1, bc2_sqrt, eps, rect, rectified], {"count": count}
 
-    lerp_second_form = bool(abs(1 - b1) >= 0.5)  # torch.lerp's formula for a weight >= 0.5
     return Kernel("radam", RADAM, ScaleByRadamState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
-                  not decoupled_weight_decay, (lerp_second_form, False), maximize)
+                  not decoupled_weight_decay, (lerp_end_form(b1), False), maximize)
 
 
 @fused_kernel(_radam_kernel)
