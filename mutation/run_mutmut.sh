@@ -13,6 +13,8 @@ export OMP_NUM_THREADS=1
 nice -n 10 mutmut run --max-children 2 \
     "optimjax._tree.*" "optimjax.adam.*" "optimjax.nadam.*" "optimjax.sgd.*" "optimjax.rmsprop.*" \
     "optimjax.adagrad.*" "optimjax.adadelta.*" "optimjax.weight_decay.*" "optimjax.learning_rate.*" \
-    "optimjax.fused.*" "optimjax.schedules.*" "optimjax.plateau.*" "optimjax.clipping.*" || true
+    "optimjax.fused.*" "optimjax.schedules.*" "optimjax.plateau.*" "optimjax.clipping.*" \
+    "optimjax.radam.*" "optimjax.adamax.*" "optimjax.asgd.*" "optimjax.rprop.*" "optimjax.adafactor.*" \
+    "optimjax.muon.*" "optimjax.lbfgs.*" || true
 python -m mutation.summarize > mutation/mutmut-summary.txt
 nice -n 10 python -m mutation.hand > mutation/hand-results.md
