@@ -1,7 +1,7 @@
 """Run every hand-made mutant of mutation/mutants.py against its killing tests; print a Markdown table.
 
-    python -m mutation.hand            # all of them, two at a time
-    python -m mutation.hand ID ...     # the named ones
+    python -m mutation.hand                  # all of them, two at a time
+    python -m mutation.hand ID ...           # the named ones; an ID may be a shell pattern: 'kernel_*', 'adam*'
 
 Each mutant runs in its own copy of the package (a temporary directory), so the checkout is never modified.
 Exit status 1 if any mutant survives.
@@ -9,6 +9,7 @@ Exit status 1 if any mutant survives.
 
 from __future__ import annotations
 
+import fnmatch
 import sys
 import tempfile
 import time
@@ -19,8 +20,21 @@ from mutation.mutants import MUTANTS, copy_with, killed, start
 PARALLEL = 2
 
 
+def select(patterns: list[str]) -> list:
+    """The mutants whose id matches one of `patterns` (all of them for none), in MUTANTS' order; ValueError
+    naming a pattern that matches no mutant."""
+    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(m.id, p) for m in MUTANTS)]
+    if unknown:
+        raise ValueError(f"mutation.hand: no mutant matches {unknown} (ids: {', '.join(m.id for m in MUTANTS)})")
+    return [m for m in MUTANTS if not patterns or any(fnmatch.fnmatchcase(m.id, p) for p in patterns)]
+
+
 def main(names: list[str]) -> int:
-    chosen = [m for m in MUTANTS if not names or m.id in names]
+    try:
+        chosen = select(names)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     rows, survivors = [], []
     with tempfile.TemporaryDirectory() as tmp:
         pending = list(chosen)
@@ -36,6 +50,7 @@ def main(names: list[str]) -> int:
                         f"| {mutant.why} |")
             if not dead:
                 survivors.append((mutant.id, output[-2000:]))
+            print(f"{mutant.id}: {'killed' if dead else 'SURVIVED'} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     print("| mutant | file | result | time | the mistake |")
     print("| --- | --- | --- | --- | --- |")
     print("\n".join(rows))

@@ -145,6 +145,19 @@ def test_radam_scalars_match_float64(b2):
         assert rectification_start(b2) >= 2**31 - 1
 
 
+def test_radam_is_not_rectified_where_rho_t_is_exactly_5():
+    """torch rectifies where rho_t > 5, strictly (optax where rho_t >= 5): with this b2, torch's float64 rho_6 is
+    exactly 5, so step 6 is still momentum and step 7 the first rectified one (float64, 1e-11 from torch)."""
+    b2, steps = 0.8397685748659791, 8
+    rho = [2 / (1 - b2) - 1 - 2 * t * b2**t / (1 - b2**t) for t in (5.0, 6.0, 7.0)]  # torch's formula, in floats
+    assert rho[0] < 5 and rho[1] == 5 and rho[2] > 5
+    with float64():
+        problem = Problem(seed=6, steps=steps, dtype=np.float64)
+        ours = problem.run_optimjax(oj.radam(learning_rate=1e-2, b2=b2))
+        reference = problem.run_torch(lambda p: torch.optim.RAdam(p, lr=1e-2, betas=(0.9, b2), foreach=False))
+        assert problem.relative_error(ours, reference) < 1e-11
+
+
 # --- Adafactor's factored state --------------------------------------------------------------------------------------
 
 def test_adafactor_state_is_factored_like_torch():
@@ -170,6 +183,29 @@ def test_adafactor_state_is_factored_like_torch():
                 np.testing.assert_allclose(ours, want, rtol=1e-10, err_msg=f"{name}.{key}")
     assert inner.row_var["w"].shape == (4, 1) and inner.col_var["w"].shape == (1, 3)
     assert inner.row_var["conv"].shape == (2, 3, 1) and inner.col_var["conv"].shape == (2, 1, 2)
+
+
+class DeadGradients(Problem):
+    """The problem with gradients that stay 0: a row of the matrix (an unused embedding row) and one entry of the
+    vector, so that their second-moment estimate is 0 at every step."""
+
+    def grad(self, params, t):
+        grads = super().grad(params, t)
+        grads["w"][0], grads["b"][1] = 0, 0
+        return grads
+
+
+def test_adafactor_with_gradients_that_stay_zero_matches_torch():
+    """Where the estimate is 0, torch floors it at eps1**2 before the rsqrt, so U = 0 there (not 0 / 0): float64,
+    1e-11 from torch, no NaN, and the dead entries do not move."""
+    case = CASES_BY_ID["adafactor"]
+    with float64():
+        problem = DeadGradients(seed=7, steps=20, dtype=np.float64)
+        ours = problem.run_optimjax(case.optimjax())
+        reference = problem.run_torch(case.torch)
+        assert all(np.isfinite(p[k]).all() for p in ours for k in p)
+        assert problem.relative_error(ours, reference) < 1e-11
+        assert (ours[-1]["w"][0] == problem.params0["w"][0]).all() and ours[-1]["b"][1] == problem.params0["b"][1]
 
 
 # --- Muon ----------------------------------------------------------------------------------------------------------
