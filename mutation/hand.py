@@ -46,8 +46,9 @@ def main(names: list[str]) -> int:
             mutant, began, process = running.pop(0)
             dead, output = killed(process)
             seconds = time.monotonic() - began
+            why = mutant.why.replace("|", r"\|")  # a | (as in |g|) would end the table's cell
             rows.append(f"| {mutant.id} | `{mutant.path}` | {'killed' if dead else '**survived**'} | {seconds:.0f} s "
-                        f"| {mutant.why} |")
+                        f"| {why} |")
             if not dead:
                 survivors.append((mutant.id, output[-2000:]))
             print(f"{mutant.id}: {'killed' if dead else 'SURVIVED'} ({seconds:.0f} s)", file=sys.stderr, flush=True)

@@ -2,7 +2,9 @@
 
 mutmut (configured in pyproject.toml) mutates the Python side operator by operator; these add the mistakes it
 cannot make (a transform moved in a chain, a formula rewritten, the C++ kernel) and the ones issue 14 found
-uncaught. `python -m mutation.hand` runs all of them; tests/test_mutation_smoke.py runs the `smoke` ones in CI.
+uncaught. `python -m mutation.hand` runs all of them (or some: ids or shell patterns), each as a text substitution;
+tests/test_mutation_smoke.py runs the `smoke` ones in CI, the kernel's (one per family) from one build of the
+kernel in one process (`kernel_schema`).
 
 Each mutant is applied to a copy of the package in a temporary directory, never to the checkout.
 """
@@ -256,7 +258,7 @@ def _changed_statement(source: str, mutant: Mutant) -> tuple[int, int, str]:
     mutated = source[:at] + mutant.new + source[at + len(mutant.old):]
     old = _ASSIGNMENT.fullmatch(source[start:end])
     new = _ASSIGNMENT.fullmatch(mutated[start:end + len(mutant.new) - len(mutant.old)])
-    if not old or not new or old.group(1, 2) != new.group(1, 2):
+    if not old or not new or old.group(1, 2) != new.group(1, 2) or " = " in old.group(3) + new.group(3):
         raise ValueError(f"mutant {mutant.id}: a schema needs it to change the right side of one one-line "
                          f"assignment, not {source[start:end]!r}")
     indent, lhs = old.group(1, 2)
