@@ -120,6 +120,23 @@ CONTENDERS: dict[str, Contender] = {
             "ASGD", dict(lr=1e-2, t0=0.0),
             "optax has no ASGD: its column is plain SGD (no decay term, no averaging)",
         ),
+        Contender(
+            "radam", 2,
+            # eps=1e-3 (not the default 1e-8) so that optax's placement of eps shows in the like-for-like check
+            # (tests/test_bench_smoke.py); the work per step is the same for any eps.
+            lambda: optimjax.radam(1e-3, eps=1e-3),
+            lambda: optax.radam(1e-3, eps=1e-3),
+            "RAdam", dict(lr=1e-3, eps=1e-3),
+            "optax.radam rectifies from rho_t >= 5 (torch: > 5) and adds eps to the bias-corrected sqrt(v) "
+            "(torch: to the raw sqrt(v))",
+        ),
+        Contender(
+            "rprop", 2,
+            lambda: optimjax.rprop(1e-2),
+            lambda: optax.rprop(1e-2),
+            "Rprop", dict(lr=1e-2),
+            "optax.rprop emits the previous step's update (its first update is 0): one step behind torch",
+        ),
     ]
 }
 

@@ -23,9 +23,10 @@ from bench import step as step_bench  # noqa: E402
 from bench.harness import CONTENDERS, Config  # noqa: E402
 
 # Bytes an ideal fp32 step moves per parameter (issue 4): params read + written, grads read, each state array
-# read + written. SGD with momentum, RMSprop and Adagrad keep one state array; the Adam family keeps two.
+# read + written. SGD with momentum, RMSprop, Adagrad and ASGD (ax) keep one state array; the Adam family (Adamax:
+# exp_avg, exp_inf; RAdam: m, v) and Rprop (prev, step_size) keep two.
 FLOOR_BYTES = {"sgd_nesterov": 20, "adam": 28, "adamw": 28, "nadam": 28, "nadamw": 28, "rmsprop": 20, "adagrad": 20,
-               "adamax": 28, "asgd": 20}
+               "adamax": 28, "asgd": 20, "radam": 28, "rprop": 28}
 # torch 2.13 has a fused CPU kernel for these and not for the others.
 TORCH_FUSED = {"sgd_nesterov", "adam", "adamw", "adagrad"}
 # optimjax.fused has a kernel for every benchmarked optimizer.
@@ -156,7 +157,7 @@ def test_benchmarked_steps_compare_like_with_like(name):
         runs[FUSED] = step_bench.JaxStep(contender.fused(), params, jax_grads)
     if name in TORCH_FUSED:
         runs["torch fused"] = step_bench.TorchStep(torch, contender, params, grads, "fused", "cpu")
-    for _ in range(5):
+    for _ in range(8):  # RAdam's rectified steps start at step 6
         for impl, run in runs.items():
             if impl.startswith("torch"):  # foreach SGD(nesterov=True) adds the momentum into .grad in place
                 for tensor, grad in zip(run.tensors, grads):
