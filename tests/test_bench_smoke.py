@@ -19,6 +19,7 @@ import optimjax.fused
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not installed; import it from the checkout
 from bench import compile as compile_bench  # noqa: E402
+from bench import matrix as matrix_bench  # noqa: E402
 from bench import step as step_bench  # noqa: E402
 from bench.harness import CONTENDERS, Config  # noqa: E402
 
@@ -184,3 +185,59 @@ def test_step_benchmark_times_fused_flat_state():
     (row,) = results["configs"][0]["rows"]
     assert _positive_finite(row["ms"]["optimjax fused"])
     assert "flat_state=True" in step_bench.fused_note(results)
+
+
+def test_matrix_benchmark_writes_adafactor_and_muon(tmp_path):
+    results = matrix_bench.run(quick=True, pause=0.0, out=tmp_path)
+    saved = json.loads((tmp_path / "matrix.json").read_text())
+    assert saved["machine"]["cores"] >= 1 and saved["settings"]["quick"] is True
+    adafactor, muon = saved["rows"]
+    assert (adafactor["optimizer"], muon["optimizer"]) == ("adafactor", "muon")
+    matrices = [(64, 48), (64, 48), (96, 32)]  # matrix.QUICK_MATRICES, QUICK_VECTORS
+    assert [tuple(s) for s in adafactor["shapes"]] == matrices + [(16,), (16,)]
+    assert [tuple(s) for s in muon["shapes"]] == matrices  # Muon takes matrices only
+    expected = {"adafactor": {"optimjax", "optax", "torch", "torch foreach"},
+                "muon": {"optimjax bf16", "optimjax fp32", "optax", "torch"}}
+    for row in saved["rows"]:
+        assert set(row["ms"]) == expected[row["optimizer"]] and not row["torch_unavailable"], row["ms"]
+        for impl, ms in row["ms"].items():
+            assert _positive_finite(ms) and len(row["samples_ms"][impl]) == row["timed_steps"] == 2, (impl, row)
+        assert row["ratio_to_optax"]["optax"] == 1.0 and all(map(_positive_finite, row["ratio_to_optax"].values()))
+    # Adafactor's factored size, from the shapes: r + c floats per matrix, n per vector, an int32 count.
+    factored = 4 * (2 * (64 + 48) + (96 + 32) + 2 * 16) + 4
+    assert adafactor["factored_bytes"] == factored and adafactor["full_second_moment_bytes"] == 4 * 9248
+    memory = adafactor["memory"]
+    # The compiled step's arguments less params and grads: optimjax's whole state; optax's less the leaves that its
+    # update returns unchanged (jit passes those around the computation).
+    assert memory["optimjax"]["compiled_state_bytes"] == memory["optimjax"]["state_bytes"], memory["optimjax"]
+    assert 0 < memory["optax"]["compiled_state_bytes"] <= memory["optax"]["state_bytes"], memory["optax"]
+    for impl in ("optimjax", "optax"):
+        assert memory[impl]["compiled_state_ratio"] == pytest.approx(memory[impl]["compiled_state_bytes"] / factored)
+        assert memory[impl]["peak_bytes"] >= 2 * 4 * 9248 + memory[impl]["state_bytes"]  # params + grads + state
+    # optimjax's and torch's state: the factored statistics plus a few bytes per leaf (0-d placeholders, counts).
+    for impl in ("optimjax", "torch", "torch foreach"):
+        assert factored <= memory[impl]["state_bytes"] <= factored + 8 * 5, (impl, memory[impl])
+    # Muon: Newton-Schulz FLOPs 5 * (4 m^2 n + 2 m^3) per (m, n) matrix, m <= n, and GFLOP/s from them.
+    flops = 5 * (2 * (4 * 48**2 * 64 + 2 * 48**3) + 4 * 32**2 * 96 + 2 * 32**3)
+    assert muon["ns_flops"] == flops and muon["ns_steps"] == 5
+    for impl, ms in muon["ms"].items():
+        assert muon["ns_gflop_s"][impl] == pytest.approx(flops / ms / 1e6)
+    assert muon["ns_dtype"] == {"optimjax bf16": "bf16", "optimjax fp32": "fp32", "optax": "fp32", "torch": "bf16"}
+    assert set(muon["matmul_gflop_s"]) == {"jax bf16", "jax fp32", "torch bf16"}
+    assert all(map(_positive_finite, muon["matmul_gflop_s"].values()))
+    for impl in expected["muon"]:  # one momentum buffer per matrix (optax's adds a count and a few scalars)
+        assert 4 * 9216 <= muon["memory"][impl]["state_bytes"] <= 4 * 9216 + 32, (impl, muon["memory"][impl])
+    markdown = (tmp_path / "matrix.md").read_text()
+    table_rows = [line.split(" | ")[0][2:] for line in markdown.splitlines() if line.startswith("| ")]
+    assert table_rows == ["implementation", "optimjax", "optax", "torch", "torch foreach",
+                          "implementation", "optimjax bf16", "optimjax fp32", "optax", "torch"]
+    assert results["rows"][0]["optax_differs"] in markdown and "bias-corrects the momentum" in markdown
+
+
+def test_matrix_benchmark_bad_arguments_name_the_option():
+    with pytest.raises(ValueError, match="--matrices"):
+        matrix_bench.run(matrices="1024", out=None)
+    with pytest.raises(ValueError, match="--vectors"):
+        matrix_bench.run(vectors="4*16x16", out=None)
+    with pytest.raises(ValueError, match="--optimizers.*adafactor, muon"):
+        matrix_bench.run(optimizers="shampoo", out=None)
