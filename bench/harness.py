@@ -141,13 +141,19 @@ CONTENDERS: dict[str, Contender] = {
 }
 
 
-def parse_names(option: str, text: str) -> list[str]:
-    """Comma-separated optimizer names, each checked against CONTENDERS ("all" selects every one)."""
-    names = list(CONTENDERS) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONTENDERS]
+def parse_names(option: str, text: str, choices: dict[str, Any] | None = None,
+                presets: dict[str, str] | None = None) -> list[str]:
+    """Comma-separated optimizer names, each checked against `choices` (default CONTENDERS); "all" selects every
+    one, and a name in `presets` stands for its comma-separated list."""
+    choices = CONTENDERS if choices is None else choices
+    presets = {"all": ",".join(choices), **(presets or {})}
+    names = [name for n in text.split(",") if n.strip()
+             for name in (presets[n.strip()].split(",") if n.strip() in presets else [n.strip()])]
+    unknown = [n for n in names if n not in choices]
     if unknown or not names:
-        raise ValueError(f"{option}: unknown optimizer(s) {unknown or text!r}; choose from {', '.join(CONTENDERS)}")
-    return names
+        raise ValueError(f"{option}: unknown optimizer(s) {unknown or text!r}; choose from {', '.join(choices)}"
+                         + "".join(f", or {name} ({names})" for name, names in presets.items()))
+    return list(dict.fromkeys(names))
 
 
 def parse_count(option: str, text: str) -> int:

@@ -261,7 +261,8 @@ def measure(optimizer: str, config: MatrixConfig, stream: Stream, torch: Any, de
         row.update(factored_bytes=factored, full_second_moment_bytes=4 * row["n_params"], memory=memory)
     else:
         flops = sum(ns_flops(s, args.ns_steps) for s in shapes)
-        rates = {name: matmul_rate(samples, name, shapes, args.ns_steps) for name in ("jax bf16", "jax fp32", "torch bf16")
+        rates = {name: matmul_rate(samples, name, shapes, args.ns_steps)
+                 for name in ("jax bf16", "jax fp32", "torch bf16")
                  if all(f"{name} {s[0]}x{s[1]}" in samples for s in shapes)}
         row.update(ns_steps=args.ns_steps, ns_flops=flops,
                    ns_gflop_s={name: flops / (t / 1e3) / 1e9 for name, t in ms.items()},
@@ -317,7 +318,8 @@ def muon_table(row: dict[str, Any]) -> list[list[str]]:
         rate = row["matmul_gflop_s"].get(f"{'torch' if name == 'torch' else 'jax'} {dtype}")
         gflops = row["ns_gflop_s"][name]
         cells.append([name, dtype, _ms(t), _ms(row["ratio_to_optax"].get(name)), f"{gflops:.1f}",
-                      "n/a" if rate is None else f"{rate:.1f}", "n/a" if rate is None else f"{100 * gflops / rate:.0f}%",
+                      "n/a" if rate is None else f"{rate:.1f}",
+                      "n/a" if rate is None else f"{100 * gflops / rate:.0f}%",
                       _mib(row["memory"].get(name, {}).get("state_bytes"))])
     return cells
 

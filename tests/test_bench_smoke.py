@@ -134,6 +134,21 @@ def test_compile_benchmark_writes_every_row(tmp_path):
             assert row["fused_kernel"] == optimjax.fused.available()
 
 
+def test_compile_benchmark_takes_the_matrix_optimizers():
+    """Adafactor and Muon (Muon on the matrices, Adam on the other leaves, as optax.contrib.muon) compile on the
+    benchmark's tree of matrices and vectors; they have no optimjax.fused kernel, Rprop has one."""
+    results = compile_bench.run(leaves="3", optimizers="rprop,adafactor,muon", repeats=1, out=None)
+    assert [row["optimizer"] for row in results["rows"]] == ["rprop", "adafactor", "muon"]
+    for row in results["rows"]:
+        fused = row["optimizer"] == "rprop"
+        assert (FUSED in row) == fused and (row["fused_ratio"] is not None) == fused, row
+        assert all(_positive_finite(row[impl]["total_s"]) for impl in ("optimjax", "optax")), row
+    assert compile_bench.abstract_params(3)[2].shape == (64, 192)  # the tree has a matrix for Muon
+    presets = {"new": compile_bench.NEW_OPTIMIZERS}
+    assert compile_bench.parse_names("--optimizers", "new", compile_bench.CHOICES, presets) == [
+        "radam", "rprop", "adamax", "asgd", "adafactor", "muon"]
+
+
 def test_bad_arguments_name_the_option():
     with pytest.raises(ValueError, match="--configs"):
         step_bench.run(configs="16M", out=None)
