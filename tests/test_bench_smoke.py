@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -179,6 +180,10 @@ def test_benchmarked_steps_compare_like_with_like(name):
                 for tensor, grad in zip(run.tensors, grads):
                     tensor.grad.copy_(torch.from_numpy(grad))
             run()
+    # The floor's state arrays are those of optimjax's state: the leaves shaped like a parameter, per parameter.
+    shapes = {p.shape for p in params}
+    per_param = sum(x.shape in shapes for x in jax.tree.leaves(runs["optimjax"].state)) / len(params)
+    assert per_param == contender.state_arrays == (FLOOR_BYTES[name] - 12) // 8, (name, per_param)
     final = {impl: _flat_params(run) for impl, run in runs.items()}
     reference, start = final.pop("torch foreach"), np.concatenate(params)
     scale = np.max(np.abs(reference - start))
