@@ -56,10 +56,11 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch's default quintic, passed t
 MUON_LR, MUON_WEIGHT_DECAY, MUON_MOMENTUM, MUON_EPS = 0.02, 0.1, 0.95, 1e-7  # torch's defaults but lr
 
 ADAFACTOR_DIFFERS = (
-    "optax.adafactor is another algorithm (the paper's and T5's): constant decay_rate 0.8 schedule 1 - t**-0.8 "
-    "with an offset, factors only dims >= 128, clips the update at RMS 1 and scales by the parameter's RMS with "
-    "other epsilons; torch.optim.Adafactor (and optimjax) use the relative step min(lr, 1/sqrt(t)) and factor the "
-    "last two dims of every matrix. Its rows compare similar, not identical, work."
+    "optax.adafactor is another algorithm (the paper's and T5's choices): a fixed learning rate times the "
+    "parameters' RMS (torch: the relative step min(lr, 1/sqrt(t)) times it), the two largest dims factored only "
+    "where both are >= 128 (torch: the last two dims of every tensor with >= 2 dims), eps 1e-30 added to g**2 "
+    "(torch: a clamp at eps1**2); the same 1 - t**-0.8 second-moment rate and clipping of the update at RMS 1. "
+    "Its rows compare similar, not identical, work."
 )
 MUON_DIFFERS = (
     "optax.contrib.muon bias-corrects the momentum, runs Newton-Schulz in the gradient's dtype (float32 here; "
