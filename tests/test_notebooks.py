@@ -25,7 +25,8 @@ from nbclient import NotebookClient
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
-EXPECTED = {"pathological_curvature", "nesterov_lookahead", "nadam_schedule", "flax_training", "porting_pytorch"}
+EXPECTED = {"pathological_curvature", "nesterov_lookahead", "nadam_schedule", "flax_training", "porting_pytorch",
+            "rprop_adafactor"}
 PYPROJECT = tomllib.loads((NOTEBOOKS_DIR.parent / "pyproject.toml").read_text(encoding="utf-8"))
 REPOSITORY = PYPROJECT["project"]["urls"]["Source"]  # https://github.com/OWNER/NAME
 
