@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -195,7 +196,9 @@ def test_nothing_a_page_loads_is_missing(reports):
     failures = {page: failed for page, failed in local.items() if failed}
     assert not failures, f"requests that failed: {failures}"
     elsewhere = {f.split(":")[0] + ":" + f.split(":")[1] for _, failed in reports.values() for f in failed}
-    allowed = ("https://colab.research.google.com/", "https://api.github.com/repos/optimjax/")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    repository = pyproject["project"]["urls"]["Source"].removeprefix("https://github.com/")
+    allowed = ("https://colab.research.google.com/", f"https://api.github.com/repos/{repository}")
     assert all(url.startswith(allowed) for url in elsewhere), f"the site loads from elsewhere: {sorted(elsewhere)}"
     for page, (report, _) in reports.items():
         local = [src for src, width in report["images"] if not src.startswith("http")]
