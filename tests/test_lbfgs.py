@@ -163,22 +163,23 @@ def test_lbfgs_steps_match_torch_in_float32(config):
 # --- jit, vmap, scan: identities (the compiled step against itself) ------------------------------------------------
 
 SEARCH = dict(line_search_fn="strong_wolfe", max_iter=5, history_size=4)
-XS, YS = jnp.asarray(X, jnp.float32), jnp.asarray(Y, jnp.float32)
+# In float64 (inside `jax.enable_x64(True)`): vmap batches the loss's and the two-loop recursion's sums, which XLA
+# may add in another order, and L-BFGS amplifies that roundoff (measured: 2e-14 in float64, 1.6e-5 in float32).
 
 
-def classifier_f32(p):
-    return classifier_loss(jnp, p, XS, YS)
+def classifier64(p):
+    return classifier_loss(jnp, p, jnp.asarray(X), jnp.asarray(Y))
 
 
 @functools.cache
-def compiled_step(**kwargs):
-    """(tx, jitted step) on the float32 classifier, shared by the tests below (one compilation per config)."""
-    tx = oj.lbfgs(**kwargs)
-    return tx, jax.jit(lambda p, s: tx.step(classifier_f32, p, s))
+def compiled_step():
+    """(tx, jitted step) on the float64 classifier with SEARCH, shared by the tests below (one compilation)."""
+    tx = oj.lbfgs(**SEARCH)
+    return tx, jax.jit(lambda p, s: tx.step(classifier64, p, s))
 
 
-def params_f32(scale=1.0):
-    return {k: jnp.asarray(scale * v, jnp.float32) for k, v in PARAMS0.items()}
+def start(scale=1.0):
+    return {k: jnp.asarray(scale * v) for k, v in PARAMS0.items()}
 
 
 def assert_trees_equal(a, b, what):
@@ -189,24 +190,19 @@ def assert_trees_equal(a, b, what):
 def test_lbfgs_vmap_over_initial_params_equals_each_run_alone():
     """A batch of three starting points through `jax.vmap(step)`: the inner while loops run until every member
     is done (here the members stop after different numbers of iterations), and each member must come out as its
-    own run does. In float64: vmap batches the loss's and the two-loop recursion's sums, which XLA may add in
-    another order, and L-BFGS amplifies that roundoff (measured: 2e-14 in float64, 1.6e-5 in float32)."""
+    own run does (to 1e-11: see SEARCH)."""
     scales = [0.5, 1.0, 2.0]
     with jax.enable_x64(True):
-        x, y = jnp.asarray(X), jnp.asarray(Y)
-        loss = lambda p: classifier_loss(jnp, p, x, y)  # noqa: E731
-        tx = oj.lbfgs(**SEARCH)
-        starts = [{k: jnp.asarray(scale * v) for k, v in PARAMS0.items()} for scale in scales]
-        step = jax.jit(lambda p, s: tx.step(loss, p, s))
+        tx, step = compiled_step()
         alone = []
-        for params in starts:
-            state = tx.init(params)
+        for scale in scales:
+            params, state = start(scale), tx.init(start(scale))
             for _ in range(2):
                 params, state = step(params, state)
             alone.append((params, state))
-        params = jax.tree.map(lambda *xs: jnp.stack(xs), *starts)
+        params = jax.tree.map(lambda *xs: jnp.stack(xs), *[start(scale) for scale in scales])
         state = jax.vmap(tx.init)(params)
-        batched_step = jax.jit(jax.vmap(lambda p, s: tx.step(loss, p, s)))
+        batched_step = jax.jit(jax.vmap(lambda p, s: tx.step(classifier64, p, s)))
         for _ in range(2):
             params, state = batched_step(params, state)
     assert len({int(s.n_iter) for _, s in alone}) > 1, "the members should stop after different iterations"
@@ -219,21 +215,22 @@ def test_lbfgs_vmap_over_initial_params_equals_each_run_alone():
 
 
 def test_lbfgs_scan_over_steps_equals_the_python_loop():
-    tx, step = compiled_step(**SEARCH)
-    params, state = params_f32(), tx.init(params_f32())
-    looped = []
-    for _ in range(3):
-        params, state = step(params, state)
-        looped.append(params)
+    with jax.enable_x64(True):
+        tx, step = compiled_step()
+        params, state = start(), tx.init(start())
+        looped = []
+        for _ in range(3):
+            params, state = step(params, state)
+            looped.append(params)
 
-    @jax.jit
-    def scanned(params, state):
-        def body(carry, _):
-            carry = tx.step(classifier_f32, *carry)
-            return carry, carry[0]
-        return jax.lax.scan(body, (params, state), length=3)
+        @jax.jit
+        def scanned(params, state):
+            def body(carry, _):
+                carry = tx.step(classifier64, *carry)
+                return carry, carry[0]
+            return jax.lax.scan(body, (params, state), length=3)
 
-    (params_scan, state_scan), trajectory = scanned(params_f32(), tx.init(params_f32()))
+        (params_scan, state_scan), trajectory = scanned(start(), tx.init(start()))
     assert_trees_equal((params_scan, state_scan), (params, state), "final ")
     for i, want in enumerate(looped):
         assert_trees_equal(jax.tree.map(lambda x: x[i], trajectory), want, f"step {i} ")
@@ -257,13 +254,13 @@ def test_lbfgs_step_is_one_program_whatever_max_iter(line_search_fn):
     for max_iter in (2, 200):
         traced = []
         tx = oj.lbfgs(max_iter=max_iter, line_search_fn=line_search_fn)
-        jaxpr = jax.make_jaxpr(lambda p, s: tx.step(lambda q: (traced.append(1), classifier_f32(q))[1], p, s))(
-            params_f32(), tx.init(params_f32())).jaxpr
-        sizes[max_iter] = (len(traced), len(str(jaxpr).splitlines()), count_primitives(jaxpr, "while"))
+        jaxpr = jax.make_jaxpr(lambda p, s: tx.step(lambda q: (traced.append(1), classifier64(q))[1], p, s))(
+            start(), tx.init(start())).jaxpr
+        sizes[max_iter] = (len(traced), len(str(jaxpr).splitlines()), count_primitives(jaxpr, "while"),
+                           [eqn.primitive.name for eqn in jaxpr.eqns].count("while"))
     assert sizes[2] == sizes[200], sizes
     assert sizes[2][2] >= (3 if line_search_fn else 1), sizes  # the iterations (+ bracketing and zoom)
-    assert [eqn.primitive.name for eqn in jax.make_jaxpr(lambda p, s: tx.step(classifier_f32, p, s))(
-        params_f32(), tx.init(params_f32())).jaxpr.eqns].count("while") == 1
+    assert sizes[2][3] == 1, sizes  # one loop over the iterations at the top
 
 
 # --- trees and dtypes ---------------------------------------------------------------------------------------------
@@ -359,19 +356,21 @@ def test_lbfgs_checkpoint_round_trip_continues_the_uninterrupted_run(tmp_path):
     ocp = pytest.importorskip("orbax.checkpoint")
     from optimjax import checkpoint
 
-    tx, step = compiled_step(**SEARCH)
-    params, state = params_f32(), tx.init(params_f32())
-    for i in range(4):
-        if i == 2:
-            with ocp.StandardCheckpointer() as checkpointer:
-                checkpointer.save(tmp_path / "ckpt", {"params": params, "state": state})
-        params, state = step(params, state)
-    target = jax.eval_shape(lambda p: {"params": p, "state": tx.init(p)}, params_f32())
-    restored = checkpoint.restore(tmp_path / "ckpt", target)
-    assert int(restored["state"].num_old) > 0, "the history should be in use at the break"
-    resumed, resumed_state = restored["params"], restored["state"]
-    for _ in range(2):
-        resumed, resumed_state = step(resumed, resumed_state)
+    with jax.enable_x64(True):
+        tx, step = compiled_step()
+        params, state = start(), tx.init(start())
+        for i in range(4):
+            if i == 2:
+                with ocp.StandardCheckpointer() as checkpointer:
+                    checkpointer.save(tmp_path / "ckpt", {"params": params, "state": state})
+            params, state = step(params, state)
+        target = jax.eval_shape(lambda p: {"params": p, "state": tx.init(p)}, start())
+        restored = checkpoint.restore(tmp_path / "ckpt", target)
+        assert int(restored["state"].num_old) > 0, "the history should be in use at the break"
+        assert restored["state"].d.dtype == jnp.float64
+        resumed, resumed_state = restored["params"], restored["state"]
+        for _ in range(2):
+            resumed, resumed_state = step(resumed, resumed_state)
     assert_trees_equal((resumed, resumed_state), (params, state), "")
 
 
