@@ -41,7 +41,8 @@ def scale_by_rprop(
     step_sizes: tuple[float, float] = (1e-6, 50.0),
 ) -> optax.GradientTransformation:
     """Rprop's update: Riedmiller & Braun (1993), "A Direct Adaptive Method for Faster Backpropagation Learning:
-    The RPROP Algorithm", IEEE ICNN; torch.optim.Rprop's variant (Rprop without weight backtracking):
+    The RPROP Algorithm", IEEE ICNN; torch.optim.Rprop's variant, Rprop without weight backtracking (iRprop- in
+    Igel & Huesken (2000), "Improving the Rprop Learning Algorithm"):
 
         s_t = min(s_{t-1} * eta_plus, step_max)     where g_t * g_{t-1} > 0
         s_t = max(s_{t-1} * eta_minus, step_min),  g_t <- 0     where g_t * g_{t-1} < 0
