@@ -235,15 +235,15 @@ def lbfgs(
     program, `jax.jit(lambda p, s: tx.step(loss_fn, p, s))`. Memory: 2 * history_size + 3 copies of the
     parameters, like torch.
 
-    Parameters: any pytree (None leaves are no parameter, as in optax; an empty tree gives an empty state and
-    comes back as it came) of real floating-point leaves of ONE dtype, since the state is one vector of all of
-    them (torch's flat view, `jax.flatten_util.ravel_pytree`) in that dtype, fixed at `init`. Params of two
-    dtypes raise ValueError naming two leaves (one vector would promote a bfloat16 leaf to float32 inside the
+    The parameters may be any pytree (None leaves are no parameter, as in optax; an empty tree gives an empty
+    state and comes back as it came) of real floating-point leaves of ONE dtype, since the state is one vector of
+    all of them (torch's flat view, `jax.flatten_util.ravel_pytree`) in that dtype, fixed at `init`. Params of
+    two dtypes raise ValueError naming two leaves (one vector would promote a bfloat16 leaf to float32 inside the
     step, where torch rounds it back after every iteration); integer and complex leaves raise TypeError naming
     the leaf (torch would run a complex parameter as its `view_as_real` pairs; optimjax does not); `step` with
     params of another size or dtype than `init` saw raises ValueError.
 
-    Sharding: the flat state cannot follow each parameter's sharding. Under jit, `step` gathers the params into
+    On a mesh, the flat state cannot follow each parameter's sharding. Under jit, `step` gathers the params into
     one replicated vector (an all-gather; in jax's explicit mode each leaf is resharded to replicated first),
     runs every iteration and the line search on that vector on every device, and returns each parameter sharded
     as it came (`shard_alike`, or a reshard in explicit mode). So the state, (2 * history_size + 3) n numbers,
