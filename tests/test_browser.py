@@ -240,6 +240,7 @@ def test_maths_is_typeset_offline_on_every_page(reports):
     # the two kinds of page the maths comes from: a notebook's Markdown cells and a docstring (adam_scalars)
     assert reports["notebooks/nadam_schedule/index.html"][0]["typeset"] >= 10
     assert reports["notebooks/pathological_curvature/index.html"][0]["typeset"] >= 5
+    assert reports["notebooks/rprop_adafactor/index.html"][0]["typeset"] >= 10  # its \begin{cases} included
     adam = reports["api/adam/index.html"][0]
     assert adam["arithmatex"] >= 5 and adam["typeset"] >= 5
     for family in ("sgd", "nadam", "rmsprop", "adagrad", "adadelta"):  # each family's update, on its page
