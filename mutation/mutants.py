@@ -118,12 +118,14 @@ MUTANTS = [
            ("tests/test_fused.py::test_float32_matches_torch[asgd_averaging_wd]",),
            "the fused ASGD steps with the eta and mu computed for the next step, not the state's"),
     Mutant("rprop_etas_swapped", "optimjax/rprop.py",
-           "jnp.where(product > 0, like(eta_plus, s), jnp.where(product < 0, like(eta_minus, s), 1))",
-           "jnp.where(product > 0, like(eta_minus, s), jnp.where(product < 0, like(eta_plus, s), 1))",
+           "jnp.where(product > 0, clip(s * like(eta_plus, s)),\n"
+           "                          jnp.where(product < 0, clip(s * like(eta_minus, s)), clip(s)))",
+           "jnp.where(product > 0, clip(s * like(eta_minus, s)),\n"
+           "                          jnp.where(product < 0, clip(s * like(eta_plus, s)), clip(s)))",
            ("tests/test_torch_parity.py::test_float64_matches_torch[rprop]",),
            "Rprop's etas swapped (torch's etas=(eta_minus, eta_plus) read as (eta_plus, eta_minus))"),
     Mutant("rprop_flip_not_zeroed", "optimjax/rprop.py",
-           "g = jnp.where(product < 0, jnp.zeros_like(g), g)", "g = g",
+           "g = jnp.where(product < 0, zero_after(s), g)", "g = g",
            ("tests/test_torch_parity.py::test_float64_matches_torch[rprop]",),
            "Rprop steps on a sign flip and keeps the flipped gradient for the next sign test (torch zeroes it)"),
     Mutant("adafactor_beta2_one_step_late", "optimjax/adafactor.py",
