@@ -24,6 +24,9 @@ import pytest
 
 from cases import CASE_IDS
 
+# Its module fixture runs once per worker that runs one of its tests: keep them on one worker (conftest.py).
+pytestmark = pytest.mark.xdist_group("sharding_report")
+
 # Adafactor reduces across shards (row and column sums of g**2, the norms of the params and of the update): its
 # step all-reduces, and sums in another order than on one device. Muon is not run sharded (see _sharding_worker).
 REDUCING = {"adafactor", "adafactor_all_options"}
