@@ -58,7 +58,7 @@ def orthogonalize(
     """
     a, b, c = ns_coefficients
     accumulate = jnp.promote_types(ns_dtype, jnp.float32)
-    x, put_back = gathered(x.astype(ns_dtype))
+    x, put_back = gathered(x, ns_dtype)
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T
@@ -78,10 +78,11 @@ def orthogonalize(
     return put_back(x.T if tall else x)
 
 
-def gathered(x: jax.Array) -> tuple[jax.Array, Any]:
-    """x replicated on every device of the mesh in its type, and the function that puts a result shaped like x
-    back in x's layout: one all-gather there, a local slice on the way back. Unsharded (no mesh in x's type) or
-    inside `shard_map` (manual axes: x is the caller's block), x itself and the identity.
+def gathered(x: jax.Array, dtype: Any) -> tuple[jax.Array, Any]:
+    """x in `dtype`, replicated on every device of the mesh in its type, and the function that puts a result
+    shaped like x back in x's layout: one all-gather there (after the cast), a local slice on the way back.
+    Unsharded (no mesh in x's type) or inside `shard_map` (manual axes: x is the caller's block), x in `dtype`
+    and the identity.
 
     Explicit axes are gathered by `jax.sharding.reshard` (the layout is in the type, so the way back reshards to
     it); automatic axes by `with_sharding_constraint` on the input and the result, so that GSPMD cannot partition
@@ -99,7 +100,7 @@ def gathered(x: jax.Array) -> tuple[jax.Array, Any]:
         y = jax.sharding.reshard(replicated(y), layout) if explicit else replicated(y)
         return shard_alike(y, x)[0] if auto else y
 
-    return replicated(x), put_back
+    return replicated(x.astype(dtype)), put_back
 
 
 def kept_like(new: jax.Array, old: jax.Array) -> jax.Array:

@@ -142,6 +142,29 @@ def run_sharded(tx, mesh, host_params, host_grads) -> tuple[dict, dict]:
     return facts, new_params
 
 
+def orthogonalized_matrices(mesh, host_params) -> dict:
+    """`optimjax.orthogonalize` with its default bfloat16 Newton-Schulz, jitted, on each sharded matrix of `SPECS`:
+    the layouts it returns that are not its input's, its collectives, and its largest difference from the same
+    call on one device."""
+    orthogonalize = jax.jit(optimjax.orthogonalize)
+    explicit = mesh.axis_types[0] == AxisType.Explicit
+    facts = {"layout_mismatches": [], "collectives": set(), "max_abs_diff_vs_one_device": 0.0}
+    with jax.set_mesh(mesh) if explicit else contextlib.nullcontext():
+        for key, (shape, spec) in SPECS.items():
+            if len(shape) != 2 or spec == P():
+                continue
+            x = jax.device_put(host_params[key], NamedSharding(mesh, spec))
+            compiled = orthogonalize.lower(x).compile()
+            out = compiled(x)
+            if not out.sharding.is_equivalent_to(x.sharding, 2):
+                facts["layout_mismatches"].append(f"{key}: {spec_of(out)}, input {spec_of(x)}")
+            facts["collectives"].update(collectives(compiled))
+            one_device = np.asarray(orthogonalize(host_params[key]), np.float32)
+            facts["max_abs_diff_vs_one_device"] = max(
+                facts["max_abs_diff_vs_one_device"], float(np.max(np.abs(np.asarray(out, np.float32) - one_device))))
+    return {**facts, "collectives": sorted(facts["collectives"])}
+
+
 def checkpoint_roundtrip(params) -> list[str]:
     """Save sharded params and NAdamW state with Orbax, restore them with `optimjax.checkpoint.restore` into
     abstract arrays that ask for another layout (replicated on the mesh); return every entry that comes back
@@ -182,6 +205,7 @@ def main() -> None:
         "optax_adam_jit_init": placement_mismatches(jax.jit(optax.adam(1e-3).init)(auto_params), auto_params, False),
         # A control that must communicate (a global norm): shows that the collective detector can fire.
         "control_clip_by_global_norm": run_sharded(clip, meshes["auto"], host_params, host_grads)[0]["collectives"],
+        "orthogonalize": {mode: orthogonalized_matrices(mesh, host_params) for mode, mesh in meshes.items()},
         "cases": {},
     }
     for i, case in enumerate(CASES):

@@ -76,6 +76,16 @@ def test_sharded_checkpoint_restores_onto_the_target_shardings(report):
     assert report["checkpoint_roundtrip"] == []
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_orthogonalize_gathers_once_and_keeps_the_layout(report, mode):
+    """Muon's Newton-Schulz (bfloat16, the default) on matrices sharded on both mesh axes, on one, on the other:
+    the result has the input's layout, the only collective is the gather, and the values are one device's."""
+    facts = report["orthogonalize"][mode]
+    assert facts["layout_mismatches"] == []
+    assert facts["collectives"] == ["all-gather"]
+    assert facts["max_abs_diff_vs_one_device"] == 0.0
+
+
 def facts_of(report: dict, case_id: str, mode: str) -> dict:
     """The worker's facts for one optimizer in one mode; fails the test with the error if its run raised."""
     facts = report["cases"][case_id][mode]
