@@ -26,8 +26,6 @@ import pytest
 
 from cases import CASE_IDS
 
-pytestmark = pytest.mark.xdist_group("sharding")  # one worker subprocess per session, not one per xdist worker
-
 # Adafactor reduces across shards (row and column sums of g**2, the mean of the row factor, the norms of the params
 # and of the update): its step all-reduces, and sums in another order than on one device.
 REDUCING = {"adafactor", "adafactor_all_options"}
