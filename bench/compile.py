@@ -2,6 +2,7 @@
 
     python -m bench.compile                                    # SGD Nesterov, AdamW, NAdam; 10, 100, 1000 leaves
     python -m bench.compile --optimizers all --leaves 1000 --repeats 5
+    python -m bench.compile --optimizers new                   # RAdam, Rprop, Adamax, ASGD, Adafactor, Muon
 
 The step is the one `python -m bench.step` times, `jit(update + apply_updates)` with params and state donated,
 and where the optimizer has a one-pass kernel (`Contender.fused`) also `jit(optimjax.fused.of(optimizer).step)`,
@@ -23,12 +24,47 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import optax.contrib
 
+import optimjax
 import optimjax.fused
 from bench.harness import CONTENDERS, RESULTS, Contender, Progress, jitted, machine, median, parse_names, write_json
 
 DEFAULT_LEAVES = "10,100,1000"
 DEFAULT_OPTIMIZERS = "sgd_nesterov,adamw,nadam"  # one of each family; a 1000-leaf compilation takes ~10 s here
+# `--optimizers new`: the optimizers of issue 12 (elementwise, and the two matrix ones below).
+NEW_OPTIMIZERS = "radam,rprop,adamax,asgd,adafactor,muon"
+
+
+def _muon_and_adam(muon: optax.GradientTransformation, adam: optax.GradientTransformation):
+    """`muon` for the matrices of the tree, `adam` for its other leaves (as optax.contrib.muon splits them)."""
+    return optax.partition({"muon": muon, "adam": adam},
+                           lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adam", params))
+
+
+# Adafactor and Muon are not elementwise, so they are not in bench.step's CONTENDERS (1-D leaves); the trees here
+# have matrices. torch_class/torch_kwargs are unused by this benchmark (see bench.matrix for their step times).
+MATRIX_CONTENDERS = {
+    "adafactor": Contender(
+        "adafactor", 0,
+        lambda: optimjax.adafactor(1e-2),
+        lambda: optax.adafactor(1e-2),
+        "Adafactor", dict(lr=1e-2),
+        "optax.adafactor is another algorithm (see bench/matrix.py)",
+    ),
+    # Muon takes matrices only: its matrices get Muon, the other leaves Adam, in optimjax as in optax.contrib.muon.
+    "muon": Contender(
+        "muon", 1,
+        lambda: _muon_and_adam(optimjax.muon(0.02, ns_coefficients=(3.4445, -4.7750, 2.0315), ns_steps=5),
+                               optimjax.adam(0.02)),
+        lambda: optax.contrib.muon(0.02, ns_coeffs=(3.4445, -4.7750, 2.0315), ns_steps=5, beta=0.95, eps=1e-7,
+                                   weight_decay=0.1),
+        "Muon", dict(lr=0.02),
+        "optax.contrib.muon bias-corrects the momentum and runs Newton-Schulz in float32 (see bench/matrix.py)",
+    ),
+}
+CHOICES = {**CONTENDERS, **MATRIX_CONTENDERS}
 FUSED = "optimjax fused"
 IMPLS = ("optimjax", "optax", FUSED)  # FUSED where the contender has an optimjax.fused variant
 
@@ -115,15 +151,15 @@ def run(leaves: str = DEFAULT_LEAVES, optimizers: str = DEFAULT_OPTIMIZERS, repe
         raise ValueError(f"--leaves: expected comma-separated positive integers, got {leaves!r}")
     if repeats < 1:
         raise ValueError(f"--repeats: must be >= 1, got {repeats}")
-    names = parse_names("--optimizers", optimizers)
+    names = parse_names("--optimizers", optimizers, CHOICES, {"new": NEW_OPTIMIZERS})
     description = machine()  # before the run: its load average is the one at the start
     progress = Progress(len(leaf_counts) * len(names))
     rows = []
     for n_leaves in leaf_counts:
         params = abstract_params(n_leaves)
-        compile_seconds(CONTENDERS[names[0]].optax(), params)  # untimed: the first compilation of a size is slower
+        compile_seconds(CHOICES[names[0]].optax(), params)  # untimed: the first compilation of a size is slower
         for i, name in enumerate(names):
-            factories = implementations(CONTENDERS[name])
+            factories = implementations(CHOICES[name])
             impls = list(factories)
             samples: dict[str, dict[str, list[float]]] = {impl: {"trace_s": [], "compile_s": []} for impl in impls}
             fused_kernel = None  # whether the fused step calls optimjax.fused's kernel (False: its XLA fallback)
@@ -169,8 +205,8 @@ def run(leaves: str = DEFAULT_LEAVES, optimizers: str = DEFAULT_OPTIMIZERS, repe
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.compile", description=__doc__.splitlines()[0])
     parser.add_argument("--leaves", default=DEFAULT_LEAVES, help="comma-separated leaf counts (default %(default)s)")
-    parser.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS, help="comma-separated names or 'all' "
-                        "(default %(default)s)")
+    parser.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS, help="comma-separated names, 'all', or 'new' "
+                        f"({NEW_OPTIMIZERS}) (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="compilations per implementation (default 3)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where compile.json and compile.png go")
     a = parser.parse_args(argv)

@@ -120,17 +120,40 @@ CONTENDERS: dict[str, Contender] = {
             "ASGD", dict(lr=1e-2, t0=0.0),
             "optax has no ASGD: its column is plain SGD (no decay term, no averaging)",
         ),
+        Contender(
+            "radam", 2,
+            # eps=1e-3 (not the default 1e-8) so that optax's placement of eps shows in the like-for-like check
+            # (tests/test_bench_smoke.py); the work per step is the same for any eps.
+            lambda: optimjax.radam(1e-3, eps=1e-3),
+            lambda: optax.radam(1e-3, eps=1e-3),
+            "RAdam", dict(lr=1e-3, eps=1e-3),
+            "optax.radam rectifies from rho_t >= 5 (torch: > 5) and adds eps to the bias-corrected sqrt(v) "
+            "(torch: to the raw sqrt(v))",
+        ),
+        Contender(
+            "rprop", 2,
+            lambda: optimjax.rprop(1e-2),
+            lambda: optax.rprop(1e-2),
+            "Rprop", dict(lr=1e-2),
+            "optax.rprop emits the previous step's update (its first update is 0): one step behind torch",
+        ),
     ]
 }
 
 
-def parse_names(option: str, text: str) -> list[str]:
-    """Comma-separated optimizer names, each checked against CONTENDERS ("all" selects every one)."""
-    names = list(CONTENDERS) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONTENDERS]
+def parse_names(option: str, text: str, choices: dict[str, Any] | None = None,
+                presets: dict[str, str] | None = None) -> list[str]:
+    """Comma-separated optimizer names, each checked against `choices` (default CONTENDERS); "all" selects every
+    one, and a name in `presets` stands for its comma-separated list."""
+    choices = CONTENDERS if choices is None else choices
+    presets = {"all": ",".join(choices), **(presets or {})}
+    names = [name for n in text.split(",") if n.strip()
+             for name in (presets[n.strip()].split(",") if n.strip() in presets else [n.strip()])]
+    unknown = [n for n in names if n not in choices]
     if unknown or not names:
-        raise ValueError(f"{option}: unknown optimizer(s) {unknown or text!r}; choose from {', '.join(CONTENDERS)}")
-    return names
+        raise ValueError(f"{option}: unknown optimizer(s) {unknown or text!r}; choose from {', '.join(choices)}"
+                         + "".join(f", or {name} ({names})" for name, names in presets.items()))
+    return list(dict.fromkeys(names))
 
 
 def parse_count(option: str, text: str) -> int:

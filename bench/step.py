@@ -105,19 +105,20 @@ class TorchStream:
 
 
 class TorchStep:
-    """torch.optim's `step()` on its own copy of the params, whose `.grad` holds the gradients.
+    """torch.optim's `step()` on its own copy of the params, whose `.grad` holds the gradients; the optimizer is
+    built with `flag=value` (e.g. foreach=True), or without either where `flag` is None.
 
     The gradients are not reset between steps (the JAX steps reuse theirs too). torch's foreach SGD with
     nesterov=True adds the momentum into `.grad` in place, so its values drift from step to step; its work does not.
     """
 
     def __init__(self, torch: Any, contender: Contender, params: list[np.ndarray], grads: list[np.ndarray],
-                 flag: str, device: str):
+                 flag: str | None, device: str, value: bool = True):
         self.tensors = [torch.tensor(p, device=device, requires_grad=True) for p in params]
         for tensor, grad in zip(self.tensors, grads):
             tensor.grad = torch.tensor(grad, device=device)
         optimizer_class = getattr(torch.optim, contender.torch_class)
-        self.optimizer = optimizer_class(self.tensors, **contender.torch_kwargs, **{flag: True})
+        self.optimizer = optimizer_class(self.tensors, **contender.torch_kwargs, **({flag: value} if flag else {}))
         self.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def __call__(self) -> float:

@@ -103,10 +103,13 @@ def scale_by_adafactor(
 
         def slots(p):  # (row_var, col_var, variance) of one leaf; unused slots are 0-d zeros
             zeros = placed_like(jnp.zeros_like(p), p)
-            none = zeros if p.ndim == 0 else jnp.zeros([], p.dtype)
+
+            def none():  # a buffer of its own for each slot, so that a jitted step can donate the state
+                return placed_like(jnp.zeros_like(p), p) if p.ndim == 0 else jnp.zeros([], p.dtype)
+
             if is_factored(p):  # sums of zeros sharded like p: under jit, sharded like p on the dims they keep
-                return jnp.sum(zeros, axis=-1, keepdims=True), jnp.sum(zeros, axis=-2, keepdims=True), none
-            return none, none, zeros
+                return jnp.sum(zeros, axis=-1, keepdims=True), jnp.sum(zeros, axis=-2, keepdims=True), none()
+            return none(), none(), zeros
 
         out = jax.tree.map(slots, params)
         pick = lambda i: jax.tree.map(lambda _, o: o[i], params, out)  # noqa: E731

@@ -90,12 +90,11 @@ def scale_by_adam(
 
     def init_fn(params):
         params = float_leaves(where, params, "parameter", "init()")
-        nu = zeros_like(params, nu_dtype)
         return ScaleByAdamState(
             count=jnp.zeros([], jnp.int32),
             mu=zeros_like(params, mu_dtype),
-            nu=nu,
-            nu_max=nu if amsgrad else None,
+            nu=zeros_like(params, nu_dtype),
+            nu_max=zeros_like(params, nu_dtype) if amsgrad else None,  # its own buffers: a step may donate both
         )
 
     def update_fn(updates, state, params=None):

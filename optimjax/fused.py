@@ -378,7 +378,7 @@ def of(optimizer: optax.GradientTransformation, *, flat_state: bool = False) -> 
     Args:
       optimizer: an `optax.GradientTransformation`, ideally one of the optimjax optimizers above.
       flat_state: keep each state array as one vector for all the leaves: the state of
-        `optax.flatten(optimizer)`, which is then `.optimizer`. All leaves must share one dtype.
+        `optax.flatten(optimizer)`, which is then `.optimizer`. All leaves must share one dtype (else ValueError).
 
     Returns:
       `FusedOptimizer(init, step, optimizer)`: `init(params)` is `optimizer.init(params)` and `step(grads, state,
@@ -391,7 +391,8 @@ def of(optimizer: optax.GradientTransformation, *, flat_state: bool = False) -> 
         raise TypeError(f"optimjax.fused.of: flat_state must be True or False, got {flat_state!r}")
     kernel = kernel_of(optimizer)
     if flat_state:
-        optimizer = optax.flatten(optimizer)
+        optimizer = _one_dtype(f"optimjax.fused.of({getattr(kernel, 'name', 'optimizer')}, flat_state=True)",
+                               optax.flatten(optimizer))
     if not isinstance(kernel, Kernel):
         if kernel is None:
             kernel = ("the optimizer is not one of optimjax's optimizers with a kernel (adam, adamw, nadam, nadamw, "
@@ -444,6 +445,31 @@ def of(optimizer: optax.GradientTransformation, *, flat_state: bool = False) -> 
         return params, tuple(state)
 
     return FusedOptimizer(optimizer.init, step, optimizer)
+
+
+def _one_dtype(where: str, flat: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`flat` (an optax.flatten) whose init and update refuse params of several dtypes: one state vector for all
+    the leaves would promote them (complex state for a real leaf, float32 state for a bfloat16 one), which the
+    per-leaf step does not."""
+
+    def check(params):
+        first = {}
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+            first.setdefault(jnp.result_type(leaf), jax.tree_util.keystr(path))
+            if len(first) > 1:
+                (a, path_a), (b, path_b) = first.items()
+                raise ValueError(f"{where}: one state vector for all the leaves needs them to share one dtype, got "
+                                 f"{a} at {path_a or 'the root'} and {b} at {path_b}; use flat_state=False")
+
+    def init(params):
+        check(params)
+        return flat.init(params)
+
+    def update(updates, state, params=None, **extra_args):
+        check(params if params is not None else updates)
+        return flat.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformation(init, update)
 
 
 def _plain_step(optimizer: optax.GradientTransformation, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:

@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,13 +20,15 @@ import optimjax.fused
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not installed; import it from the checkout
 from bench import compile as compile_bench  # noqa: E402
+from bench import matrix as matrix_bench  # noqa: E402
 from bench import step as step_bench  # noqa: E402
 from bench.harness import CONTENDERS, Config  # noqa: E402
 
 # Bytes an ideal fp32 step moves per parameter (issue 4): params read + written, grads read, each state array
-# read + written. SGD with momentum, RMSprop and Adagrad keep one state array; the Adam family keeps two.
+# read + written. SGD with momentum, RMSprop, Adagrad and ASGD (ax) keep one state array; the Adam family (Adamax:
+# exp_avg, exp_inf; RAdam: m, v) and Rprop (prev, step_size) keep two.
 FLOOR_BYTES = {"sgd_nesterov": 20, "adam": 28, "adamw": 28, "nadam": 28, "nadamw": 28, "rmsprop": 20, "adagrad": 20,
-               "adamax": 28, "asgd": 20}
+               "adamax": 28, "asgd": 20, "radam": 28, "rprop": 28}
 # torch 2.13 has a fused CPU kernel for these and not for the others.
 TORCH_FUSED = {"sgd_nesterov", "adam", "adamw", "adagrad"}
 # optimjax.fused has a kernel for every benchmarked optimizer.
@@ -132,6 +135,21 @@ def test_compile_benchmark_writes_every_row(tmp_path):
             assert row["fused_kernel"] == optimjax.fused.available()
 
 
+def test_compile_benchmark_takes_the_matrix_optimizers():
+    """Adafactor and Muon (Muon on the matrices, Adam on the other leaves, as optax.contrib.muon) compile on the
+    benchmark's tree of matrices and vectors; they have no optimjax.fused kernel, Rprop has one."""
+    results = compile_bench.run(leaves="3", optimizers="rprop,adafactor,muon", repeats=1, out=None)
+    assert [row["optimizer"] for row in results["rows"]] == ["rprop", "adafactor", "muon"]
+    for row in results["rows"]:
+        fused = row["optimizer"] == "rprop"
+        assert (FUSED in row) == fused and (row["fused_ratio"] is not None) == fused, row
+        assert all(_positive_finite(row[impl]["total_s"]) for impl in ("optimjax", "optax")), row
+    assert compile_bench.abstract_params(3)[2].shape == (64, 192)  # the tree has a matrix for Muon
+    presets = {"new": compile_bench.NEW_OPTIMIZERS}
+    assert compile_bench.parse_names("--optimizers", "new", compile_bench.CHOICES, presets) == [
+        "radam", "rprop", "adamax", "asgd", "adafactor", "muon"]
+
+
 def test_bad_arguments_name_the_option():
     with pytest.raises(ValueError, match="--configs"):
         step_bench.run(configs="16M", out=None)
@@ -156,12 +174,16 @@ def test_benchmarked_steps_compare_like_with_like(name):
         runs[FUSED] = step_bench.JaxStep(contender.fused(), params, jax_grads)
     if name in TORCH_FUSED:
         runs["torch fused"] = step_bench.TorchStep(torch, contender, params, grads, "fused", "cpu")
-    for _ in range(5):
+    for _ in range(8):  # RAdam's rectified steps start at step 6
         for impl, run in runs.items():
             if impl.startswith("torch"):  # foreach SGD(nesterov=True) adds the momentum into .grad in place
                 for tensor, grad in zip(run.tensors, grads):
                     tensor.grad.copy_(torch.from_numpy(grad))
             run()
+    # The floor's state arrays are those of optimjax's state: the leaves shaped like a parameter, per parameter.
+    shapes = {p.shape for p in params}
+    per_param = sum(x.shape in shapes for x in jax.tree.leaves(runs["optimjax"].state)) / len(params)
+    assert per_param == contender.state_arrays == (FLOOR_BYTES[name] - 12) // 8, (name, per_param)
     final = {impl: _flat_params(run) for impl, run in runs.items()}
     reference, start = final.pop("torch foreach"), np.concatenate(params)
     scale = np.max(np.abs(reference - start))
@@ -183,3 +205,59 @@ def test_step_benchmark_times_fused_flat_state():
     (row,) = results["configs"][0]["rows"]
     assert _positive_finite(row["ms"]["optimjax fused"])
     assert "flat_state=True" in step_bench.fused_note(results)
+
+
+def test_matrix_benchmark_writes_adafactor_and_muon(tmp_path):
+    results = matrix_bench.run(quick=True, pause=0.0, out=tmp_path)
+    saved = json.loads((tmp_path / "matrix.json").read_text())
+    assert saved["machine"]["cores"] >= 1 and saved["settings"]["quick"] is True
+    adafactor, muon = saved["rows"]
+    assert (adafactor["optimizer"], muon["optimizer"]) == ("adafactor", "muon")
+    matrices = [(64, 48), (64, 48), (96, 32)]  # matrix.QUICK_MATRICES, QUICK_VECTORS
+    assert [tuple(s) for s in adafactor["shapes"]] == matrices + [(16,), (16,)]
+    assert [tuple(s) for s in muon["shapes"]] == matrices  # Muon takes matrices only
+    expected = {"adafactor": {"optimjax", "optax", "torch", "torch foreach"},
+                "muon": {"optimjax bf16", "optimjax fp32", "optax", "torch"}}
+    for row in saved["rows"]:
+        assert set(row["ms"]) == expected[row["optimizer"]] and not row["torch_unavailable"], row["ms"]
+        for impl, ms in row["ms"].items():
+            assert _positive_finite(ms) and len(row["samples_ms"][impl]) == row["timed_steps"] == 2, (impl, row)
+        assert row["ratio_to_optax"]["optax"] == 1.0 and all(map(_positive_finite, row["ratio_to_optax"].values()))
+    # Adafactor's factored size, from the shapes: r + c floats per matrix, n per vector, an int32 count.
+    factored = 4 * (2 * (64 + 48) + (96 + 32) + 2 * 16) + 4
+    assert adafactor["factored_bytes"] == factored and adafactor["full_second_moment_bytes"] == 4 * 9248
+    memory = adafactor["memory"]
+    # The compiled step's arguments less params and grads: optimjax's whole state; optax's less the leaves that its
+    # update returns unchanged (jit passes those around the computation).
+    assert memory["optimjax"]["compiled_state_bytes"] == memory["optimjax"]["state_bytes"], memory["optimjax"]
+    assert 0 < memory["optax"]["compiled_state_bytes"] <= memory["optax"]["state_bytes"], memory["optax"]
+    for impl in ("optimjax", "optax"):
+        assert memory[impl]["compiled_state_ratio"] == pytest.approx(memory[impl]["compiled_state_bytes"] / factored)
+        assert memory[impl]["peak_bytes"] >= 2 * 4 * 9248 + memory[impl]["state_bytes"]  # params + grads + state
+    # optimjax's and torch's state: the factored statistics plus a few bytes per leaf (0-d placeholders, counts).
+    for impl in ("optimjax", "torch", "torch foreach"):
+        assert factored <= memory[impl]["state_bytes"] <= factored + 8 * 5, (impl, memory[impl])
+    # Muon: Newton-Schulz FLOPs 5 * (4 m^2 n + 2 m^3) per (m, n) matrix, m <= n, and GFLOP/s from them.
+    flops = 5 * (2 * (4 * 48**2 * 64 + 2 * 48**3) + 4 * 32**2 * 96 + 2 * 32**3)
+    assert muon["ns_flops"] == flops and muon["ns_steps"] == 5
+    for impl, ms in muon["ms"].items():
+        assert muon["ns_gflop_s"][impl] == pytest.approx(flops / ms / 1e6)
+    assert muon["ns_dtype"] == {"optimjax bf16": "bf16", "optimjax fp32": "fp32", "optax": "fp32", "torch": "bf16"}
+    assert set(muon["matmul_gflop_s"]) == {"jax bf16", "jax fp32", "torch bf16"}
+    assert all(map(_positive_finite, muon["matmul_gflop_s"].values()))
+    for impl in expected["muon"]:  # one momentum buffer per matrix (optax's adds a count and a few scalars)
+        assert 4 * 9216 <= muon["memory"][impl]["state_bytes"] <= 4 * 9216 + 32, (impl, muon["memory"][impl])
+    markdown = (tmp_path / "matrix.md").read_text()
+    table_rows = [line.split(" | ")[0][2:] for line in markdown.splitlines() if line.startswith("| ")]
+    assert table_rows == ["implementation", "optimjax", "optax", "torch", "torch foreach",
+                          "implementation", "optimjax bf16", "optimjax fp32", "optax", "torch"]
+    assert results["rows"][0]["optax_differs"] in markdown and "bias-corrects the momentum" in markdown
+
+
+def test_matrix_benchmark_bad_arguments_name_the_option():
+    with pytest.raises(ValueError, match="--matrices"):
+        matrix_bench.run(matrices="1024", out=None)
+    with pytest.raises(ValueError, match="--vectors"):
+        matrix_bench.run(vectors="4*16x16", out=None)
+    with pytest.raises(ValueError, match="--optimizers.*adafactor, muon"):
+        matrix_bench.run(optimizers="shampoo", out=None)

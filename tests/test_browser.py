@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -195,7 +196,9 @@ def test_nothing_a_page_loads_is_missing(reports):
     failures = {page: failed for page, failed in local.items() if failed}
     assert not failures, f"requests that failed: {failures}"
     elsewhere = {f.split(":")[0] + ":" + f.split(":")[1] for _, failed in reports.values() for f in failed}
-    allowed = ("https://colab.research.google.com/", "https://api.github.com/repos/optimjax/")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    repository = pyproject["project"]["urls"]["Source"].removeprefix("https://github.com/")
+    allowed = ("https://colab.research.google.com/", f"https://api.github.com/repos/{repository}")
     assert all(url.startswith(allowed) for url in elsewhere), f"the site loads from elsewhere: {sorted(elsewhere)}"
     for page, (report, _) in reports.items():
         local = [src for src, width in report["images"] if not src.startswith("http")]
@@ -237,6 +240,7 @@ def test_maths_is_typeset_offline_on_every_page(reports):
     # the two kinds of page the maths comes from: a notebook's Markdown cells and a docstring (adam_scalars)
     assert reports["notebooks/nadam_schedule/index.html"][0]["typeset"] >= 10
     assert reports["notebooks/pathological_curvature/index.html"][0]["typeset"] >= 5
+    assert reports["notebooks/rprop_adafactor/index.html"][0]["typeset"] >= 10  # its \begin{cases} included
     adam = reports["api/adam/index.html"][0]
     assert adam["arithmatex"] >= 5 and adam["typeset"] >= 5
     for family in ("sgd", "nadam", "rmsprop", "adagrad", "adadelta"):  # each family's update, on its page

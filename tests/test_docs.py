@@ -61,7 +61,7 @@ def test_api_pages_render_the_equations_and_arguments(site):
 
 def test_notebooks_are_rendered_with_their_outputs(site):
     for notebook in ("pathological_curvature", "nesterov_lookahead", "nadam_schedule", "flax_training",
-                     "porting_pytorch"):
+                     "porting_pytorch", "rprop_adafactor"):
         page = (site / "notebooks" / notebook / "index.html").read_text(encoding="utf-8")
         assert page.count("data:image/png;base64") >= 2, f"{notebook}: figures missing from the rendered page"
         assert "Traceback" not in page

@@ -597,3 +597,17 @@ def test_more_than_one_device_keeps_the_xla_path():
     result = _run_python(FALLBACK_CHECK, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     assert result.returncode == 0, result.stderr
     assert "more than one device" in result.stdout
+
+
+@pytest.mark.parametrize("other", ["bfloat16", "complex64"])
+@pytest.mark.parametrize("kind", ["adam", "amsgrad"])  # the kernel's family, and one that falls back to XLA
+def test_flat_state_refuses_leaves_of_several_dtypes_naming_them(kind, other):
+    """One state vector for float32 and bfloat16 (or complex64) leaves would be promoted: float32 state for the
+    bfloat16 leaf and updates rounded otherwise than the per-leaf step's, or complex state for the real leaf."""
+    params = {"a": jnp.ones(3, jnp.float32), "b": jnp.ones(2, other)}
+    fused = oj.fused.of(getattr(oj, kind)(1e-2), flat_state=True)
+    with pytest.raises(ValueError, match=rf"flat_state=True\): .* float32 at \['a'\] and {other} at \['b'\]"):
+        fused.init(params)
+    state = fused.init(jax.tree.map(lambda p: p.astype(jnp.float32), params))
+    with pytest.raises(ValueError, match=rf"float32 at \['a'\] and {other} at \['b'\]"):
+        fused.step(params, state, params)

@@ -25,13 +25,19 @@ from nbclient import NotebookClient
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
-EXPECTED = {"pathological_curvature", "nesterov_lookahead", "nadam_schedule", "flax_training", "porting_pytorch"}
+EXPECTED = {"pathological_curvature", "nesterov_lookahead", "nadam_schedule", "flax_training", "porting_pytorch",
+            "rprop_adafactor"}
 PYPROJECT = tomllib.loads((NOTEBOOKS_DIR.parent / "pyproject.toml").read_text(encoding="utf-8"))
 REPOSITORY = PYPROJECT["project"]["urls"]["Source"]  # https://github.com/OWNER/NAME
 
 
-def test_the_four_notebooks_are_there():
+def test_every_expected_notebook_is_there_and_in_the_docs():
     assert EXPECTED <= {path.stem for path in NOTEBOOKS}
+    docs = NOTEBOOKS[0].parents[1] / "docs" / "notebooks"
+    for path in NOTEBOOKS:  # a link, not a copy that goes stale when the notebook is re-executed
+        page = docs / path.name
+        assert page.is_symlink() and page.resolve() == path.resolve(), f"docs/notebooks/{path.name}: not a link"
+        assert f"notebooks/{path.name}" in (docs.parent / "index.md").read_text(encoding="utf-8"), path.name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

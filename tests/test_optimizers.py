@@ -44,6 +44,23 @@ def test_jit_matches_eager(case):
 
 
 @case_params
+def test_a_step_can_donate_the_state_that_init_made(case):
+    """`jit(step, donate_argnums=(params, state))` as training loops run it: every state leaf that init() makes
+    eagerly is a buffer of its own (two slots sharing one zero cannot both be donated)."""
+    tx = case.optimjax()
+    params, grads = params_and_grads()
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    state = tx.init(params)
+    expected = loop(tx, params, grads[:1])
+    got = jax.jit(step, donate_argnums=(0, 1))(jax.tree.map(jnp.copy, params), state, grads[0])
+    assert_trees_close(got, expected)
+
+
+@case_params
 def test_scan_matches_loop(case):
     tx = case.optimjax()
     params, grads = params_and_grads()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -166,3 +167,27 @@ def test_installed_wheel_imports_builds_the_kernel_and_steps(dist, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"kernel built from {site}" in result.stdout
     assert list((tmp_path / "kernel-cache").glob("fused_step-*.so")), "the kernel was not compiled"
+
+
+def test_the_repository_address_is_written_alike_everywhere():
+    """pyproject.toml's `Source` URL is the project's address; the notebooks' Colab badges derive from it
+    (tests/test_notebooks.py) and every other place that writes it must agree, so that moving the repository is one
+    edit that these tests follow."""
+    source = PYPROJECT["project"]["urls"]["Source"]
+    owner, name = source.removeprefix("https://github.com/").split("/")
+    urls = PYPROJECT["project"]["urls"]
+    assert urls["Issues"] == f"{source}/issues" and urls["Changelog"] == f"{source}/blob/main/CHANGELOG.md"
+    mkdocs = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert f"repo_url: {source}\n" in mkdocs and f"repo_name: {owner}/{name}\n" in mkdocs
+    assert f"site_url: https://{owner}.github.io/{name}/\n" in mkdocs
+    assert f"[Unreleased]: {source}/compare/" in (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    for page in ("README.md", "docs/index.md"):
+        assert f"git+{source}\"" in (ROOT / page).read_text(encoding="utf-8"), page
+    written = {
+        url.rstrip(".,)\"'`")
+        for path in [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "mkdocs.yml", *(ROOT / "docs").glob("*.md")]
+        for url in re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", path.read_text(encoding="utf-8"))
+    }
+    ours = {url for url in written if "optimjax" in url.lower()}  # other projects' repositories may be linked too
+    assert ours, "no page links to the repository"
+    assert all(url == source for url in ours), f"written differently from pyproject's {source}: {sorted(ours)}"
