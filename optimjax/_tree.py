@@ -138,6 +138,18 @@ def state_dtype(leaf: Any, dtype: Any = None) -> jnp.dtype:
                     f"{dtype}; use mu_dtype / nu_dtype float32, float64 or None for complex parameters")
 
 
+def one_dtype(where: str, tree: Any, advice: str) -> None:
+    """Raise ValueError naming two leaves of `tree` with different dtypes: for a state that is one vector of all
+    the leaves, which would promote them (a bfloat16 leaf's state to float32, a real leaf's to complex)."""
+    first: dict = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        first.setdefault(jnp.result_type(leaf), jax.tree_util.keystr(path) or "the root")
+        if len(first) > 1:
+            (a, at_a), (b, at_b) = first.items()
+            raise ValueError(f"{where}: one state vector for all the leaves needs them to share one dtype, got {a} "
+                             f"at {at_a} and {b} at {at_b}; {advice}")
+
+
 def zeros_like(params: Any, dtype: Any = None) -> Any:
     """Zeros shaped and sharded like `params`, in `dtype` or, when None, in each leaf's own dtype (`state_dtype`)."""
     return jax.tree.map(lambda p: placed_like(jnp.zeros_like(p, dtype=state_dtype(p, dtype)), p), params)

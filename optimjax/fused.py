@@ -82,7 +82,7 @@ import optax
 
 from optimjax._checks import is_zero
 from optimjax._kernels import FAMILY_COEFFICIENTS, Kernel, kernel_of
-from optimjax._tree import check_tree
+from optimjax._tree import check_tree, one_dtype
 
 TARGET = "optimjax_fused_step"
 SOURCE = Path(__file__).with_name("_kernels") / "fused_step.cc"
@@ -453,13 +453,7 @@ def _one_dtype(where: str, flat: optax.GradientTransformation) -> optax.Gradient
     per-leaf step does not."""
 
     def check(params):
-        first = {}
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-            first.setdefault(jnp.result_type(leaf), jax.tree_util.keystr(path))
-            if len(first) > 1:
-                (a, path_a), (b, path_b) = first.items()
-                raise ValueError(f"{where}: one state vector for all the leaves needs them to share one dtype, got "
-                                 f"{a} at {path_a or 'the root'} and {b} at {path_b}; use flat_state=False")
+        one_dtype(where, params, "use flat_state=False")
 
     def init(params):
         check(params)

@@ -10,7 +10,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 
 from optimjax._checks import check_range
-from optimjax._tree import float_leaves, placed_like
+from optimjax._tree import float_leaves, one_dtype, placed_like
 
 
 class LbfgsState(NamedTuple):
@@ -58,19 +58,12 @@ def _checked(params, phase: str):
     view), which would promote a bfloat16 leaf to float32 inside the step (torch rounds it to bfloat16 after every
     iteration) and a real leaf to complex."""
     params = float_leaves("lbfgs", params, "parameter", phase)
-    first: dict = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        at = jax.tree_util.keystr(path) or "the root"
         if jnp.iscomplexobj(leaf):
-            raise TypeError(f"lbfgs: {phase} got a {leaf.dtype} parameter at {at}; optimjax.lbfgs takes real "
-                            "floating-point leaves only (torch.optim.LBFGS would run on its view_as_real pairs): "
-                            "split it into its real and imaginary parts (two real leaves)")
-        first.setdefault(jnp.dtype(leaf.dtype), at)
-        if len(first) > 1:
-            (a, at_a), (b, at_b) = first.items()
-            raise ValueError(f"lbfgs: {phase} got parameters of two dtypes, {a} at {at_a} and {b} at {at_b}; its "
-                             "state is one vector of all the parameters, so they must share one dtype: cast them "
-                             "(jax.tree.map(lambda p: p.astype(jnp.float32), params))")
+            raise TypeError(f"lbfgs: {phase} got a {leaf.dtype} parameter at {jax.tree_util.keystr(path) or 'the root'}"
+                            "; optimjax.lbfgs takes real floating-point leaves only (torch.optim.LBFGS would run on its "
+                            "view_as_real pairs): split it into its real and imaginary parts (two real leaves)")
+    one_dtype(f"lbfgs: {phase}", params, "cast them (jax.tree.map(lambda p: p.astype(jnp.float32), params))")
     return params
 
 
@@ -295,13 +288,12 @@ def lbfgs(
     def init(params) -> LbfgsState:
         flat, _ = ravel_pytree(_replicated(_checked(params, "init()")))
         n, dtype = flat.shape[0], flat.dtype
-        scalar = jnp.zeros([], dtype)
-        return LbfgsState(
-            func_evals=jnp.zeros([], jnp.int32), n_iter=jnp.zeros([], jnp.int32), loss=scalar,
-            d=jnp.zeros(n, dtype), t=scalar, old_dirs=jnp.zeros((history_size, n), dtype),
+        return LbfgsState(  # every leaf a buffer of its own: a jitted step may donate the state
+            func_evals=jnp.zeros([], jnp.int32), n_iter=jnp.zeros([], jnp.int32), loss=jnp.zeros([], dtype),
+            d=jnp.zeros(n, dtype), t=jnp.zeros([], dtype), old_dirs=jnp.zeros((history_size, n), dtype),
             old_stps=jnp.zeros((history_size, n), dtype), ro=jnp.zeros(history_size, dtype),
             num_old=jnp.zeros([], jnp.int32), h_diag=jnp.ones([], dtype), prev_flat_grad=jnp.zeros(n, dtype),
-            prev_loss=scalar,
+            prev_loss=jnp.zeros([], dtype),
         )
 
     def direction(s: LbfgsState, g):
