@@ -67,6 +67,11 @@ def scale_by_adafactor(
     another algorithm (constant decay_rate, factoring only the two largest dims of tensors above a minimum
     size, momentum, clipping and eps placed differently): 7e-3 apart at step 1.
 
+    Sharded leaves (jax's automatic or explicit mode): the row and column sums of g**2, the mean of R and the two
+    RMS norms reduce across shards, so a step all-reduces, per (m, n) matrix split into D_rows x D_cols blocks,
+    m / D_rows + n / D_cols numbers and three scalars per device; the state is sharded like the param on the
+    dims it keeps. The sums run in another order than on one device (float32 rounding apart).
+
     Complex parameters raise TypeError naming the leaf, as torch.optim.Adafactor raises (a row norm would mix
     the real and imaginary parts).
     dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the

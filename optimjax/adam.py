@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -124,29 +125,27 @@ def scale_by_adam(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _adam_kernel(name: str, coupled: bool) -> Callable[..., Kernel | str]:
-    """The one-pass kernel of `adam` (coupled decay) or `adamw` (decoupled): m, v and `adam_scalars` per step."""
+def _adam_kernel(name: str, coupled: bool, learning_rate, b1, b2, eps, eps_root, weight_decay, amsgrad, mask=None,
+                 maximize=False, **_) -> Kernel | str:
+    """The one-pass kernel of `adam` (coupled decay) or `adamw` (decoupled): m, v and `adam_scalars` per step.
+    Called with the alias's arguments each time it is described, never at import (so a mutation run can reach it)."""
+    if amsgrad:
+        return f"{name}(amsgrad=True): the kernel keeps no running maximum of v"
+    if not is_zero(eps_root):
+        return f"{name}(eps_root={eps_root!r}): the kernel has no eps_root"
+    if mask is not None:
+        return f"{name}(mask=...): the kernel decays every leaf"
 
-    def describe(learning_rate, b1, b2, eps, eps_root, weight_decay, amsgrad, mask=None, maximize=False, **_):
-        if amsgrad:
-            return f"{name}(amsgrad=True): the kernel keeps no running maximum of v"
-        if not is_zero(eps_root):
-            return f"{name}(eps_root={eps_root!r}): the kernel has no eps_root"
-        if mask is not None:
-            return f"{name}(mask=...): the kernel decays every leaf"
+    def coefficients(state):  # fused_step.cc: w1 = 1 - b1, b2, 1 - b2, 1 / (1 - b1**t), sqrt(1 - b2**t), -, eps
+        count, t = next_count(state.count)
+        inv_bc1, _, bc2_sqrt = adam_scalars(b1, b2, t)
+        return [1 - b1, b2, 1 - b2, inv_bc1, bc2_sqrt, 0.0, eps], {"count": count}
 
-        def coefficients(state):  # fused_step.cc: w1 = 1 - b1, b2, 1 - b2, 1 / (1 - b1**t), sqrt(1 - b2**t), -, eps
-            count, t = next_count(state.count)
-            inv_bc1, _, bc2_sqrt = adam_scalars(b1, b2, t)
-            return [1 - b1, b2, 1 - b2, inv_bc1, bc2_sqrt, 0.0, eps], {"count": count}
-
-        return Kernel(name, ADAM, ScaleByAdamState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
-                      coupled, (lerp_end_form(b1), False), maximize)
-
-    return describe
+    return Kernel(name, ADAM, ScaleByAdamState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
+                  coupled, (lerp_end_form(b1), False), maximize)
 
 
-@fused_kernel(_adam_kernel("adam", coupled=True))
+@fused_kernel(functools.partial(_adam_kernel, "adam", True))
 @named_optimizer
 def adam(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
@@ -203,7 +202,7 @@ def amsgrad(
     return adam(learning_rate, b1, b2, eps, 0.0, weight_decay, True, mu_dtype, nu_dtype, maximize)
 
 
-@fused_kernel(_adam_kernel("adamw", coupled=False))
+@fused_kernel(functools.partial(_adam_kernel, "adamw", False))
 @named_optimizer
 def adamw(
     learning_rate: optax.ScalarOrSchedule = 1e-3,

@@ -8,6 +8,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental.shard_alike import shard_alike
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from optimjax._checks import check_beta, check_learning_rate, check_range, concrete_value
 from optimjax._tree import cast_like, check_tree, lerp, like, real_leaves, zeros_like
@@ -39,10 +42,23 @@ def orthogonalize(
     Each of torch's `addmm`s accumulates in float32 (or float64) and rounds once to `ns_dtype`, as torch's CPU
     bfloat16 matmul does. The singular values come out roughly in (0.7, 1.2), not exactly 1: that is the point
     of the quintic's coefficients (speed over exactness). Returns `ns_dtype`.
+
+    Sharded X (jax's automatic or explicit mode): Newton-Schulz needs the whole matrix (its norm, and every
+    product contracts a dimension that may be sharded), so X is cast to `ns_dtype`, gathered once onto every
+    device of its mesh, iterated there exactly as on one device, and each device slices its own block of the
+    result back out (see `gathered`). The step's only collective is that all-gather: for an (m, n) matrix split
+    over D devices each device receives (1 - 1/D) m n elements (in `ns_dtype` where the backend gathers that
+    dtype; XLA:CPU widens bfloat16 to float32 for the transfer). Keeping X sharded instead would all-reduce at
+    least each Gram matrix X_k X_k^T, k^2 float32 sums with k = min(m, n), in each of the `ns_steps` iterations
+    (a ring all-reduce moves about twice its size): more bytes than the gather unless max(m, n) / k exceeds
+    about 2 * 4 * ns_steps / itemsize(ns_dtype) (10 in float32, 20 in bfloat16 at 5 steps), and sums in another
+    order than one device. The price of the gather is compute: every device runs the whole iteration, about
+    ns_steps (4 k^2 max(m, n) + 2 k^3) flops. Results equal one device's (bit for bit on XLA:CPU, measured by
+    tests/test_sharding.py).
     """
     a, b, c = ns_coefficients
     accumulate = jnp.promote_types(ns_dtype, jnp.float32)
-    x = x.astype(ns_dtype)
+    x, put_back = gathered(x, ns_dtype)
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T
@@ -59,7 +75,39 @@ def orthogonalize(
         return (like(a, x.astype(accumulate)) * x.astype(accumulate) + matmul(update, x)).astype(ns_dtype)
 
     x = jax.lax.fori_loop(0, ns_steps, iteration, x)  # ns_steps may be traced (inject_hyperparams)
-    return x.T if tall else x
+    return put_back(x.T if tall else x)
+
+
+def gathered(x: jax.Array, dtype: Any) -> tuple[jax.Array, Any]:
+    """x in `dtype`, replicated on every device of the mesh in its type, and the function that puts a result
+    shaped like x back in x's layout: one all-gather there (after the cast), a local slice on the way back.
+    Unsharded (no mesh in x's type) or inside `shard_map` (manual axes: x is the caller's block), x in `dtype`
+    and the identity.
+
+    Explicit axes are gathered by `jax.sharding.reshard` (the layout is in the type, so the way back reshards to
+    it); automatic axes by `with_sharding_constraint` on the input and the result, so that GSPMD cannot partition
+    the matmuls in between, and `shard_alike` gives the result x's layout.
+    """
+    layout = jax.typeof(x).sharding
+    explicit, auto = (kind in layout.mesh.axis_types for kind in (AxisType.Explicit, AxisType.Auto))
+    everywhere = NamedSharding(layout.mesh, P())
+
+    def replicated(y):
+        y = jax.sharding.reshard(y, everywhere) if explicit else y
+        return jax.lax.with_sharding_constraint(y, everywhere) if auto else y
+
+    def put_back(y):
+        y = jax.sharding.reshard(replicated(y), layout) if explicit else replicated(y)
+        return shard_alike(y, x)[0] if auto else y
+
+    return replicated(x.astype(dtype)), put_back
+
+
+def kept_like(new: jax.Array, old: jax.Array) -> jax.Array:
+    """The new momentum buffer, sharded like the old one where GSPMD chooses (automatic mesh axes): without it,
+    when M_t is B_t itself (nesterov=False), the replicated layout `gathered` asks of M_t propagates back into
+    B_t and the state comes out replicated. Unsharded or explicit: the buffer itself (its layout is its type's)."""
+    return shard_alike(new, old)[0] if AxisType.Auto in jax.typeof(old).sharding.mesh.axis_types else new
 
 
 def lr_ratio(adjust_lr_fn: str | None, shape: tuple[int, ...]) -> float:
@@ -103,6 +151,10 @@ def scale_by_muon(
     (`ns_dtype=None` runs it in the gradient's dtype, e.g. to check it exactly), torch's `adjust_lr_fn`.
     optax.contrib.muon differs: it bias-corrects the momentum, runs Newton-Schulz in float32, and sends
     non-2-D leaves to Adam; here they raise (as torch's constructor does), naming the leaf.
+
+    Sharded matrices: the momentum buffer is sharded like its param (init and the lerps are elementwise, on
+    each shard); `orthogonalize` gathers M_t once (one all-gather of the matrix per step, the only collective)
+    and gives each device its block of d_t back.
 
     Complex parameters raise TypeError naming the leaf, as torch.optim.Muon raises.
     dtypes follow `optimjax._tree`'s policy: state dtype fixed at init, arithmetic in the promotion of the
@@ -149,7 +201,7 @@ def scale_by_muon(
 
         out = jax.tree.map(direction, updates, state.momentum_buffer)
         pick = lambda i: jax.tree.map(lambda _, o: o[i], updates, out)  # noqa: E731
-        buffer = cast_like(pick(1), state.momentum_buffer)
+        buffer = jax.tree.map(kept_like, cast_like(pick(1), state.momentum_buffer), state.momentum_buffer)
         return cast_like(pick(0), updates), ScaleByMuonState(momentum_buffer=buffer)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -144,26 +145,24 @@ def scale_by_nadam(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _nadam_kernel(name: str, coupled: bool) -> Callable[..., Kernel | str]:
-    """The one-pass kernel of `nadam` (coupled decay) or `nadamw` (decoupled): m, v and `nadam_scalars` per step."""
+def _nadam_kernel(name: str, coupled: bool, learning_rate, b1, b2, eps, momentum_decay, weight_decay, mask=None,
+                  maximize=False, **_) -> Kernel | str:
+    """The one-pass kernel of `nadam` (coupled decay) or `nadamw` (decoupled): m, v and `nadam_scalars` per step.
+    Called with the alias's arguments each time it is described, never at import (so a mutation run can reach it)."""
+    if mask is not None:
+        return f"{name}(mask=...): the kernel decays every leaf"
 
-    def describe(learning_rate, b1, b2, eps, momentum_decay, weight_decay, mask=None, maximize=False, **_):
-        if mask is not None:
-            return f"{name}(mask=...): the kernel decays every leaf"
+    def coefficients(state):  # fused_step.cc: w1 = 1 - b1, b2, 1 - b2, the two NAdam terms, 1 - b2**t, eps
+        count, t = next_count(state.count)
+        mu_product, grad_coef, momentum_coef, bc2 = nadam_scalars(b1, b2, momentum_decay, t, state.mu_product)
+        fields = {"count": count, "mu_product": mu_product.astype(state.mu_product.dtype)}
+        return [1 - b1, b2, 1 - b2, grad_coef, momentum_coef, bc2, eps], fields
 
-        def coefficients(state):  # fused_step.cc: w1 = 1 - b1, b2, 1 - b2, the two NAdam terms, 1 - b2**t, eps
-            count, t = next_count(state.count)
-            mu_product, grad_coef, momentum_coef, bc2 = nadam_scalars(b1, b2, momentum_decay, t, state.mu_product)
-            fields = {"count": count, "mu_product": mu_product.astype(state.mu_product.dtype)}
-            return [1 - b1, b2, 1 - b2, grad_coef, momentum_coef, bc2, eps], fields
-
-        return Kernel(name, NADAM, ScaleByNadamState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
-                      coupled, (lerp_end_form(b1), False), maximize)
-
-    return describe
+    return Kernel(name, NADAM, ScaleByNadamState, ("mu", "nu"), coefficients, learning_rate, weight_decay,
+                  coupled, (lerp_end_form(b1), False), maximize)
 
 
-@fused_kernel(_nadam_kernel("nadam", coupled=True))
+@fused_kernel(functools.partial(_nadam_kernel, "nadam", True))
 @named_optimizer
 def nadam(
     learning_rate: optax.ScalarOrSchedule = 2e-3,
@@ -195,7 +194,7 @@ def nadam(
     )
 
 
-@fused_kernel(_nadam_kernel("nadamw", coupled=False))
+@fused_kernel(functools.partial(_nadam_kernel, "nadamw", False))
 @named_optimizer
 def nadamw(
     learning_rate: optax.ScalarOrSchedule = 2e-3,

@@ -25,7 +25,9 @@ import orbax.checkpoint as ocp
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# The table, and the optimjax of this checkout (not whichever one is installed: a git worktree shares the venv).
+sys.path[:0] = [TESTS, os.path.dirname(TESTS)]
 from cases import CASES  # noqa: E402  (the shared optimizer table)
 
 import optimjax.checkpoint  # noqa: E402
@@ -41,9 +43,6 @@ SPECS = {
     "norm_scale": ((5,), P()),
     "temperature": ((), P()),
 }
-# Muon's Newton-Schulz contracts sharded dimensions, which jax's explicit mode refuses without an out_sharding (and
-# its table rows run an optax.partition, whose masked state this worker's placement check does not read): not run.
-NOT_SHARDED = {case.id for case in CASES if case.id.startswith("muon")}
 COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
 STEPS = 3
 
@@ -68,20 +67,23 @@ def reduced_sharding(p, shape) -> NamedSharding | None:
 
 
 def placement_mismatches(state, params, eager: bool) -> list[str]:
-    """State leaves not placed as required: a subtree shaped like `params` must be sharded leaf by leaf like the
-    params; any other leaf (step counts, NAdam's mu_product) must be a scalar replicated on all the params'
-    devices or, when `eager`, may also be uncommitted (jit then places it wherever the params are)."""
-    structure = jax.tree.structure(params)
+    """State leaves not placed as required: a subtree keyed like the (flat dict of) `params` must be sharded leaf
+    by leaf like the params, except the leaves an optax.partition masks out (optax.MaskedNode, no array); any
+    other leaf (step counts, NAdam's mu_product) must be a scalar replicated on all the params' devices or, when
+    `eager`, may also be uncommitted (jit then places it wherever the params are)."""
     n_devices = len(jax.tree.leaves(params)[0].sharding.device_set)
     bad = []
 
     def is_param_shaped(node):
-        return isinstance(node, dict) and jax.tree.structure(node) == structure
+        return isinstance(node, dict) and node.keys() == params.keys()
 
     for path, node in jax.tree_util.tree_leaves_with_path(state, is_leaf=is_param_shaped):
         where = jax.tree_util.keystr(path)
         if is_param_shaped(node):
-            for (leaf_path, s), p in zip(jax.tree_util.tree_leaves_with_path(node), jax.tree.leaves(params)):
+            for key, s in node.items():
+                if isinstance(s, optax.MaskedNode):
+                    continue
+                leaf_path, p = (jax.tree_util.DictKey(key),), params[key]
                 if s.shape != p.shape:  # Adafactor's factors and placeholders: sharded like p on the dims kept
                     kept = reduced_sharding(p, s.shape)
                     if s.shape == () and eager and not s.committed:
@@ -140,6 +142,29 @@ def run_sharded(tx, mesh, host_params, host_grads) -> tuple[dict, dict]:
     return facts, new_params
 
 
+def orthogonalized_matrices(mesh, host_params) -> dict:
+    """`optimjax.orthogonalize` with its default bfloat16 Newton-Schulz, jitted, on each sharded matrix of `SPECS`:
+    the layouts it returns that are not its input's, its collectives, and its largest difference from the same
+    call on one device."""
+    orthogonalize = jax.jit(optimjax.orthogonalize)
+    explicit = mesh.axis_types[0] == AxisType.Explicit
+    facts = {"layout_mismatches": [], "collectives": set(), "max_abs_diff_vs_one_device": 0.0}
+    with jax.set_mesh(mesh) if explicit else contextlib.nullcontext():
+        for key, (shape, spec) in SPECS.items():
+            if len(shape) != 2 or spec == P():
+                continue
+            x = jax.device_put(host_params[key], NamedSharding(mesh, spec))
+            compiled = orthogonalize.lower(x).compile()
+            out = compiled(x)
+            if not out.sharding.is_equivalent_to(x.sharding, 2):
+                facts["layout_mismatches"].append(f"{key}: {spec_of(out)}, input {spec_of(x)}")
+            facts["collectives"].update(collectives(compiled))
+            one_device = np.asarray(orthogonalize(host_params[key]), np.float32)
+            facts["max_abs_diff_vs_one_device"] = max(
+                facts["max_abs_diff_vs_one_device"], float(np.max(np.abs(np.asarray(out, np.float32) - one_device))))
+    return {**facts, "collectives": sorted(facts["collectives"])}
+
+
 def checkpoint_roundtrip(params) -> list[str]:
     """Save sharded params and NAdamW state with Orbax, restore them with `optimjax.checkpoint.restore` into
     abstract arrays that ask for another layout (replicated on the mesh); return every entry that comes back
@@ -180,11 +205,10 @@ def main() -> None:
         "optax_adam_jit_init": placement_mismatches(jax.jit(optax.adam(1e-3).init)(auto_params), auto_params, False),
         # A control that must communicate (a global norm): shows that the collective detector can fire.
         "control_clip_by_global_norm": run_sharded(clip, meshes["auto"], host_params, host_grads)[0]["collectives"],
+        "orthogonalize": {mode: orthogonalized_matrices(mesh, host_params) for mode, mesh in meshes.items()},
         "cases": {},
     }
     for i, case in enumerate(CASES):
-        if case.id in NOT_SHARDED:
-            continue
         print(f"[{i + 1}/{len(CASES)}] {case.id}", file=sys.stderr, flush=True)
         tx = case.optimjax()
         # The reference: the same steps on one device, from the same host numbers.
@@ -194,7 +218,11 @@ def main() -> None:
             reference, state = single_step(reference, state, g)
         result = {"max_abs_move": max(float(np.max(np.abs(reference[k] - host_params[k]))) for k in SPECS)}
         for mode, mesh in meshes.items():
-            facts, params = run_sharded(tx, mesh, host_params, host_grads)
+            try:  # one optimizer failing in one mode is a fact to report, not the end of the report
+                facts, params = run_sharded(tx, mesh, host_params, host_grads)
+            except Exception as error:  # noqa: BLE001
+                result[mode] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+                continue
             facts["max_abs_diff_vs_one_device"] = max(
                 float(np.max(np.abs(np.asarray(params[k]) - np.asarray(reference[k])))) for k in SPECS)
             result[mode] = facts

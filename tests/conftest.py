@@ -27,3 +27,21 @@ def built_site(tmp_path_factory):
     print(f"mkdocs build: {time.perf_counter() - start:.1f} s")
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
     return site_dir
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Make `pytest.mark.xdist_group` work under `--dist loadgroup` (pyproject's addopts) with pytest >= 9.2.
+
+    pytest-xdist (3.8) tells its controller a test's group by appending `@group` to the test's node id, which it
+    writes to `item._nodeid`; pytest 9.2 reads node ids from `item._id`, so the suffix was lost and every worker
+    built the docs site and ran each grouped module's subprocess fixture again. This hook runs after xdist's and
+    puts the suffix where the running pytest reads it (no-op where xdist's own write already took effect)."""
+    if not getattr(config.option, "loadgroup", False) and getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    for item in items:
+        suffixed = getattr(item, "_nodeid", None)
+        if isinstance(suffixed, str) and "@" in suffixed and item.nodeid != suffixed and hasattr(item, "_id"):
+            from _pytest.nodeid import coerce_node_id
+
+            item._id = coerce_node_id(suffixed)

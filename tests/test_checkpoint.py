@@ -27,6 +27,9 @@ from cases import CASE_IDS, CASES
 import optimjax
 from optimjax import checkpoint
 
+# Its module fixture runs once per worker that runs one of its tests: keep them on one worker (conftest.py).
+pytestmark = pytest.mark.xdist_group("checkpoint_resumed")
+
 N, M = 7, 5  # steps before and after the break
 NNX_CASES = ["adamw", "nadamw", "nesterov_wd"]
 CASES_BY_ID = {case.id: case for case in CASES}

@@ -26,6 +26,9 @@ import pytest
 
 import optimjax
 
+# Its module fixture runs once per worker that runs one of its tests: keep them on one worker (conftest.py).
+pytestmark = pytest.mark.xdist_group("built_dist")
+
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 

@@ -7,8 +7,10 @@ Checked, in jax's automatic (GSPMD) and explicit sharding modes:
 - `tx.init(params)`, eagerly and under `jax.jit` without out_shardings, gives every params-shaped state leaf
   (mu, nu, velocity, ...) the sharding of its param, and scalars (counts, NAdam's mu_product) are replicated;
 - the compiled update + apply contains no all-gather, all-reduce, collective-permute, all-to-all or
-  reduce-scatter, and leaves params and state sharded as they came;
-- three sharded steps give bit-identical parameters to the same steps on one device.
+  reduce-scatter (the elementwise optimizers), only all-reduces (Adafactor) or only all-gathers (Muon), and
+  leaves params and state sharded as they came;
+- three sharded steps give bit-identical parameters to the same steps on one device (Adafactor: within float32
+  rounding of its cross-shard sums).
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ import pytest
 
 from cases import CASE_IDS
 
-# Adafactor reduces across shards (row and column sums of g**2, the norms of the params and of the update): its
-# step all-reduces, and sums in another order than on one device. Muon is not run sharded (see _sharding_worker).
+# Its module fixture runs once per worker that runs one of its tests: keep them on one worker (conftest.py).
+pytestmark = pytest.mark.xdist_group("sharding_report")
+
+# Adafactor reduces across shards (row and column sums of g**2, the mean of the row factor, the norms of the params
+# and of the update): its step all-reduces, and sums in another order than on one device.
 REDUCING = {"adafactor", "adafactor_all_options"}
-SHARDED_IDS = [case_id for case_id in CASE_IDS if not case_id.startswith("muon")]
+# Muon (the table's rows: Muon on the matrices, AdamW on the rest) gathers each sharded matrix once and runs
+# Newton-Schulz on all of it on every device, as on one device: all-gathers only, and the same numbers.
+GATHERING = {"muon_nesterov_wd", "muon_momentum_match_rms_adamw"}
 
 TESTS = Path(__file__).parent
 EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
@@ -71,9 +78,26 @@ def test_sharded_checkpoint_restores_onto_the_target_shardings(report):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case_id", SHARDED_IDS)
-def test_state_is_sharded_like_params(report, case_id, mode):
+def test_orthogonalize_gathers_once_and_keeps_the_layout(report, mode):
+    """Muon's Newton-Schulz (bfloat16, the default) on matrices sharded on both mesh axes, on one, on the other:
+    the result has the input's layout, the only collective is the gather, and the values are one device's."""
+    facts = report["orthogonalize"][mode]
+    assert facts["layout_mismatches"] == []
+    assert facts["collectives"] == ["all-gather"]
+    assert facts["max_abs_diff_vs_one_device"] == 0.0
+
+
+def facts_of(report: dict, case_id: str, mode: str) -> dict:
+    """The worker's facts for one optimizer in one mode; fails the test with the error if its run raised."""
     facts = report["cases"][case_id][mode]
+    assert "error" not in facts, facts.get("error")
+    return facts
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_state_is_sharded_like_params(report, case_id, mode):
+    facts = facts_of(report, case_id, mode)
     assert facts["eager_init"] == [], "eager init"
     assert facts["jit_init"] == [], "jit(tx.init) without out_shardings"
     assert facts["after_steps"] == [], "state after three jitted steps"
@@ -81,18 +105,22 @@ def test_state_is_sharded_like_params(report, case_id, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case_id", SHARDED_IDS)
-def test_update_has_no_collectives(report, case_id, mode):
-    assert report["cases"][case_id][mode]["collectives"] == (["all-reduce"] if case_id in REDUCING else [])
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_update_has_only_the_expected_collectives(report, case_id, mode):
+    """None for the elementwise optimizers, all-reduces for Adafactor, all-gathers for Muon."""
+    expected = ["all-reduce"] if case_id in REDUCING else ["all-gather"] if case_id in GATHERING else []
+    assert facts_of(report, case_id, mode)["collectives"] == expected
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case_id", SHARDED_IDS)
+@pytest.mark.parametrize("case_id", CASE_IDS)
 def test_sharded_steps_equal_one_device_steps(report, case_id, mode):
+    """Bit for bit, Muon included: after its gather every device runs the one-device program on the whole
+    matrix. Adafactor's cross-shard float32 sums round differently: within 1e-6 of the displacement."""
     case = report["cases"][case_id]
     assert case["max_abs_move"] > 1e-3, "the parameters did not move: the comparison would be vacuous"
-    tolerance = 1e-6 * case["max_abs_move"] if case_id in REDUCING else 0.0  # float32 sums in another order
-    assert case[mode]["max_abs_diff_vs_one_device"] <= tolerance
+    tolerance = 1e-6 * case["max_abs_move"] if case_id in REDUCING else 0.0
+    assert facts_of(report, case_id, mode)["max_abs_diff_vs_one_device"] <= tolerance
 
 
 def test_sharded_training_example():
