@@ -8,6 +8,7 @@ from pathlib import Path
 from mutation.mutants import Mutant, copy_with, killed, start
 
 D = "tests/test_defaults.py::"
+F = "tests/test_fused.py::"
 S = [
  ("amsgrad_lr_default", "optimjax/adam.py", "learning_rate: optax.ScalarOrSchedule = 1e-3,\n    b1: float = 0.9,\n    b2: float = 0.999,\n    eps: float = 1e-8,\n    weight_decay: float = 0.0,\n    mu_dtype", "learning_rate: optax.ScalarOrSchedule = 1.001,\n    b1: float = 0.9,\n    b2: float = 0.999,\n    eps: float = 1e-8,\n    weight_decay: float = 0.0,\n    mu_dtype", D+"test_defaults_follow_torch[amsgrad]"),
  ("amsgrad_b2_default", "optimjax/adam.py", "b2: float = 0.999,\n    eps: float = 1e-8,\n    weight_decay: float = 0.0,\n    mu_dtype", "b2: float = 1.999,\n    eps: float = 1e-8,\n    weight_decay: float = 0.0,\n    mu_dtype", D+"test_defaults_follow_torch[amsgrad]"),
@@ -22,6 +23,22 @@ S = [
  ("adagrad_lr_default", "optimjax/adagrad.py", "learning_rate: optax.ScalarOrSchedule = 1e-2,",
   "learning_rate: optax.ScalarOrSchedule = 1.01,", D+"test_defaults_follow_torch[adagrad]"),
  ("scale_by_adagrad_initial_default", "optimjax/adagrad.py", "initial_accumulator_value: float = 0.0) -> optax", "initial_accumulator_value: float = 1.0) -> optax", D+"test_defaults_follow_torch[scale_by_adagrad]"),
+ # mutmut's run of the session of 2026-12-01 (mutation/RESULTS.md): sgd's survivors that change what a test outside
+ # mutmut's selection (or a new one) must see
+ ("sgd_count_float32", "optimjax/sgd.py", "MomentumState(count=jnp.zeros([], jnp.int32), velocity",
+  "MomentumState(count=jnp.zeros([]), velocity", "tests/test_optimizers.py::test_step_counters_are_int32[momentum]"),
+ ("sgd_count_dropped", "optimjax/sgd.py", "MomentumState(optax.safe_increment(state.count), velocity)",
+  "MomentumState(None, velocity)", "tests/test_optimizers.py::test_scan_matches_loop[momentum]"),
+ ("sgd_kernel_without_momentum", "optimjax/sgd.py", "if momentum is None or is_zero(momentum):\n        return \"\"",
+  "if momentum is None and is_zero(momentum):\n        return \"\"",
+  F+"test_sgd_without_momentum_is_the_plain_single_pass_silently[None]"),
+ ("sgd_kernel_zero_momentum", "optimjax/sgd.py", "if momentum is None or is_zero(momentum):\n        return \"\"",
+  "if momentum is None or is_zero(None):\n        return \"\"",
+  F+"test_sgd_without_momentum_is_the_plain_single_pass_silently[0.0]"),
+ ("sgd_kernel_reason_not_empty", "optimjax/sgd.py", "is_zero(momentum):\n        return \"\"",
+  "is_zero(momentum):\n        return \"XXXX\"", F+"test_sgd_without_momentum_is_the_plain_single_pass_silently[None]"),
+ ("sgd_kernel_drops_maximize", "optimjax/sgd.py", "not is_zero(dampening)), maximize=maximize)",
+  "not is_zero(dampening)), )", F+"test_maximize_negates_the_gradient_in_the_kernel[sgd-kwargs3]"),
 ]
 
 

@@ -457,11 +457,12 @@ def test_vmap_over_a_batch_of_states_equals_a_loop():
         params, states = batched_p, batched_s
 
 
-def test_sgd_without_momentum_is_the_plain_single_pass_silently():
-    fused = oj.fused.of(oj.sgd(0.1, weight_decay=0.1))
+@pytest.mark.parametrize("momentum", [None, 0.0])
+def test_sgd_without_momentum_is_the_plain_single_pass_silently(momentum):
     params, grads = {"w": jnp.linspace(-1, 1, 100, dtype=jnp.float32)}, {"w": jnp.ones(100, jnp.float32)}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # silently: no warning from of() nor from a step
         warnings.simplefilter("error")
+        fused = oj.fused.of(oj.sgd(0.1, momentum=momentum, weight_decay=0.1))
         new_params, _ = jax.jit(fused.step)(grads, fused.init(params), params)
         assert not uses_kernel(fused, grads, fused.init(params), params)
     np.testing.assert_array_equal(new_params["w"], _xla_step(fused)(grads, fused.init(params), params)[0]["w"])

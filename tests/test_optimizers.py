@@ -61,6 +61,24 @@ def test_a_step_can_donate_the_state_that_init_made(case):
 
 
 @case_params
+def test_step_counters_are_int32(case):
+    """Every step counter in the state (`count`, as optax keeps it) is int32, before and after a step: a float
+    counter loses steps past 2**24 in float32 and changes the state's structure for checkpoints."""
+    tx = case.optimjax()
+    params, grads = params_and_grads()
+    state = tx.init(params)
+    for tree in (state, tx.update(grads[0], state, params)[1]):
+        counters = [(jax.tree_util.keystr(path), leaf.dtype) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+                    if "count" in jax.tree_util.keystr(path)]
+        assert all(dtype == jnp.int32 for _, dtype in counters), counters
+        assert counters or case.id in STATELESS_STEPS, f"{case.id} has no step counter"
+
+
+# The table's optimizers whose step does not depend on the step number: no counter in their state.
+STATELESS_STEPS = {"sgd", "sgd_wd", "rmsprop", "rmsprop_centered", "adadelta", "adadelta_wd"}
+
+
+@case_params
 def test_scan_matches_loop(case):
     tx = case.optimjax()
     params, grads = params_and_grads()
