@@ -37,6 +37,8 @@ S = [
   F+"test_sgd_without_momentum_is_the_plain_single_pass_silently[0.0]"),
  ("sgd_kernel_reason_not_empty", "optimjax/sgd.py", "is_zero(momentum):\n        return \"\"",
   "is_zero(momentum):\n        return \"XXXX\"", F+"test_sgd_without_momentum_is_the_plain_single_pass_silently[None]"),
+ ("tree_complex_dtype_none", "optimjax/_tree.py", "canonicalize_dtype(jnp.complex128)", "canonicalize_dtype(None)",
+  "tests/test_complex.py::test_python_complex_leaves_equal_complex64_arrays[adam]"),
  ("sgd_kernel_drops_maximize", "optimjax/sgd.py", "not is_zero(dampening)), maximize=maximize)",
   "not is_zero(dampening)), )", F+"test_maximize_negates_the_gradient_in_the_kernel[sgd-kwargs3]"),
 ]

@@ -202,3 +202,19 @@ def test_real_only_optimizers_raise_on_complex_leaves(name):
     state = tx.init(params)
     with pytest.raises(TypeError, match=r"update\(\) got a complex64 gradient at \['layer'\]\['z'\]"):
         tx.update({"layer": {"z": jnp.ones((3, 2), jnp.complex64), "w": jnp.ones((3, 2))}}, state, params)
+
+
+@pytest.mark.parametrize("factory", [optimjax.adam, optimjax.sgd])
+def test_python_complex_leaves_equal_complex64_arrays(factory):
+    """A Python complex leaf is an array of JAX's default complex dtype (complex64 without x64), as a Python float
+    is one of float32: the same steps as the same values in complex64 arrays."""
+    def run(as_leaf):
+        tx = factory(learning_rate=0.1)
+        params = {"z": as_leaf(1.5 - 0.5j)}
+        state = tx.init(params)
+        updates, state = tx.update({"z": as_leaf(0.25 + 1j)}, state, params)
+        return optax.apply_updates(params, updates)["z"]
+
+    got, want = run(lambda x: x), run(lambda x: jnp.asarray(x, jnp.complex64))
+    assert got.dtype == want.dtype == jnp.complex64
+    np.testing.assert_array_equal(got, want)
