@@ -118,14 +118,14 @@ MUTANTS = [
            ("tests/test_fused.py::test_float32_matches_torch[asgd_averaging_wd]",),
            "the fused ASGD steps with the eta and mu computed for the next step, not the state's"),
     Mutant("rprop_etas_swapped", "optimjax/rprop.py",
-           "jnp.where(product > 0, clip(s * like(eta_plus, s)),\n"
-           "                          jnp.where(product < 0, clip(s * like(eta_minus, s)), clip(s)))",
-           "jnp.where(product > 0, clip(s * like(eta_minus, s)),\n"
-           "                          jnp.where(product < 0, clip(s * like(eta_plus, s)), clip(s)))",
+           "clip(lax.mul(s, like(eta_plus, s))),\n"
+           "                           lax.select(flipped, clip(lax.mul(s, like(eta_minus, s)))",
+           "clip(lax.mul(s, like(eta_minus, s))),\n"
+           "                           lax.select(flipped, clip(lax.mul(s, like(eta_plus, s)))",
            ("tests/test_torch_parity.py::test_float64_matches_torch[rprop]",),
            "Rprop's etas swapped (torch's etas=(eta_minus, eta_plus) read as (eta_plus, eta_minus))"),
     Mutant("rprop_flip_not_zeroed", "optimjax/rprop.py",
-           "g = jnp.where(product < 0, zero_after(s), g)", "g = g",
+           "g = lax.select(flipped, zero_after(s), g)", "g = g",
            ("tests/test_torch_parity.py::test_float64_matches_torch[rprop]",),
            "Rprop steps on a sign flip and keeps the flipped gradient for the next sign test (torch zeroes it)"),
     Mutant("adafactor_beta2_one_step_late", "optimjax/adafactor.py",
@@ -176,8 +176,8 @@ MUTANTS = [
            (ONE_STEP + "[adagrad-learning_rate=0.1-eps=1e-10]",),
            "Adagrad's direction divided by the previous sum of squares in the kernel", smoke=True),
     Mutant("kernel_radam_eps_on_corrected_v", "optimjax/_kernels/fused_step.cc",
-           "const T rectified_direction = (m_hat * (bc2_sqrt / (std::sqrt(v) + eps))) * r;",
-           "const T rectified_direction = (m_hat * (T(1) / (std::sqrt(v) / bc2_sqrt + eps))) * r;",
+           "d = (m_hat * (bc2_sqrt / (std::sqrt(v) + eps))) * r;",
+           "d = (m_hat * (T(1) / (std::sqrt(v) / bc2_sqrt + eps))) * r;",
            (NEW_ONE_STEP + "[radam-9-learning_rate=0.01-b2=0.99-eps=1e-06]",),
            "RAdam's eps added to the bias-corrected sqrt(v / (1 - b2**t)) (optax's placement) in the kernel",
            smoke=True),
@@ -191,7 +191,7 @@ MUTANTS = [
            "Rprop's stored gradient not zeroed after a sign flip in the kernel (the next step's sign test sees it)",
            smoke=True),
     Mutant("kernel_asgd_average_of_old_iterate", "optimjax/_kernels/fused_step.cc",
-           "s0[i] = mu_is_one ? next : ax + (next - ax) * mu;", "s0[i] = mu_is_one ? next : ax + (theta - ax) * mu;",
+           "s0[i] = kFlag1 ? next : ax + (next - ax) * mu;", "s0[i] = kFlag1 ? next : ax + (theta - ax) * mu;",
            (NEW_ONE_STEP + "[asgd-4-learning_rate=0.05-lambd=0.05-alpha=0.6-t0=2.0-weight_decay=0.05]",),
            "ASGD's average moved towards the previous iterate instead of the new one, in the kernel", smoke=True),
 ]

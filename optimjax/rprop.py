@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from optimjax._checks import check_learning_rate, check_range, concrete_value
 from optimjax._kernels import RPROP, Kernel, fused_kernel
@@ -46,7 +47,8 @@ def zero_after(x: jax.Array) -> jax.Array:
     reads the old step sizes after they are overwritten, and copies them too. bench/README.md (peak memory) has
     the measurement.
     """
-    return jnp.where(jnp.isnan(x), jnp.zeros_like(x), jnp.minimum(jnp.abs(x), 0))
+    zero = like(0, x)
+    return lax.select(lax.ne(x, x), lax.full_like(x, 0), lax.min(lax.abs(x), zero))
 
 
 def scale_by_rprop(
@@ -105,13 +107,15 @@ def scale_by_rprop(
         check_tree(where, updates, state.prev)
         count, _ = next_count(state.count)
 
-        def step(g, prev, s):
-            product = g * prev
-            clip = lambda x: jnp.clip(x, like(step_min, s), like(step_max, s))  # noqa: E731
-            s = jnp.where(product > 0, clip(s * like(eta_plus, s)),
-                          jnp.where(product < 0, clip(s * like(eta_minus, s)), clip(s)))
-            g = jnp.where(product < 0, zero_after(s), g)  # no step where the sign flipped, no flip test next
-            return -jnp.sign(g) * s, g, s
+        def step(g, prev, s):  # lax, not jnp: the same operations, traced without jnp's wrappers (compile time)
+            zero, low, high = (lax.full_like(s, like(x, s)) for x in (0, step_min, step_max))  # broadcast once
+            clip = lambda x: lax.min(high, lax.max(low, x))  # noqa: E731  (jnp.clip's order)
+            product = lax.mul(g, prev)
+            flipped = lax.lt(product, zero)
+            s = lax.select(lax.gt(product, zero), clip(lax.mul(s, like(eta_plus, s))),
+                           lax.select(flipped, clip(lax.mul(s, like(eta_minus, s))), clip(s)))
+            g = lax.select(flipped, zero_after(s), g)  # no step where the sign flipped, no flip test next
+            return lax.mul(lax.neg(lax.sign(g)), s), g, s
 
         out = leafwise(step, updates, state.prev, state.step_size)
         pick = lambda i: jax.tree.map(lambda _, o: o[i], updates, out)  # noqa: E731

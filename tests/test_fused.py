@@ -297,6 +297,36 @@ def test_one_step_of_the_new_families_is_torchs_float32_arithmetic_bit_for_bit(k
         assert new_state[-1].mu == np.float32(1 / max(1, t - hyper["t0"]))
 
 
+
+@pytest.mark.parametrize("bounds", [(np.nan, 50.0), (1e-6, np.nan)], ids=["step_min", "step_max"])
+def test_rprop_kernel_clamps_to_a_nan_bound_as_jnp_clip_does(bounds):
+    """A step bound is NaN only when it is traced (a concrete NaN is refused): the kernel then takes its
+    NaN-propagating clamp (every step size NaN, as jnp.clip and torch's clamp give), not the compare-and-select one
+    it uses for numbers; a numpy float32 transcription, bit for bit."""
+    rng = np.random.default_rng(5)
+    n = 65536 + 7
+    p, g = (rng.normal(size=n).astype(np.float32) for _ in range(2))
+    prev = np.where(rng.random(n) < 0.3, 0.0, rng.normal(size=n)).astype(np.float32)
+    sizes = (0.02 * rng.exponential(size=n)).astype(np.float32)
+
+    @jax.jit
+    def step(bound, g, p):
+        low, high = (bound, bounds[1]) if np.isnan(bounds[0]) else (bounds[0], bound)
+        fused = oj.fused.of(oj.rprop(learning_rate=1e-2, step_sizes=(low, high)))
+        *others, rprop_state = fused.init(p)  # the chain's states: maximize's (empty), then Rprop's
+        state = (*others, rprop_state._replace(prev=jnp.asarray(prev), step_size=jnp.asarray(sizes)))
+        return fused.step(g, state, p)
+
+    lowered = step.lower(jnp.float32(np.nan), jnp.asarray(g), jnp.asarray(p)).as_text()
+    assert oj.fused.TARGET in lowered, "the kernel did not run: the test would be vacuous"
+    new_p, new_state = step(jnp.float32(np.nan), jnp.asarray(g), jnp.asarray(p))
+    want_p, (want_prev, want_sizes) = _numpy_new_step(
+        "rprop", dict(etas=(0.5, 1.2), step_sizes=bounds), p, g, [prev, sizes], None)
+    assert np.isnan(want_sizes).all()
+    np.testing.assert_array_equal(np.asarray(new_state[-1].step_size), want_sizes)
+    np.testing.assert_array_equal(np.asarray(new_state[-1].prev), want_prev)
+    np.testing.assert_array_equal(np.asarray(new_p), want_p)
+
 def _xla_step(fused):
     def step(g, s, p):
         updates, s = fused.optimizer.update(g, s, p)

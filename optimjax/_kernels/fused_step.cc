@@ -81,7 +81,10 @@ inline T MinNan(T a, T b) {
   return a != a ? a : (b != b ? b : (a < b ? a : b));
 }
 
-// kFlag0 / kFlag1: Adam family, RAdam, Adamax: torch.lerp's second form, unused; momentum: Nesterov, dampening.
+// kFlag0 / kFlag1: Adam family, RAdam, Adamax: torch.lerp's second form, unused (RAdam: rectified); momentum:
+// Nesterov, dampening; Rprop: -, step_min and step_max are numbers; ASGD: -, mu == 1. The flags 1 of RAdam, Rprop
+// and ASGD are read off the step's coefficients (WithCoefficientFlag), so that an element computes only the form
+// of the update this step uses.
 template <typename T, int kFamily, bool kFlag0, bool kFlag1, bool kCoupled, bool kDecoupled>
 void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, const T* c) {
   const T wd = c[kWd], neg_lr = c[kNegLr], sign = c[kGradSign];
@@ -123,13 +126,15 @@ void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, const T* c) {
       s0[i] = s;
     } else if constexpr (kFamily == kRadam) {
       const T w1 = c[0], b2 = c[1], one_minus_b2 = c[2], bc1 = c[3], bc2_sqrt = c[4], eps = c[5], r = c[6];
-      const bool rectified = c[7] != T(0);
       T m = s0[i];
       m = kFlag0 ? g - (g - m) * (T(1) - w1) : m + w1 * (g - m);
       const T v = s1[i] * b2 + (one_minus_b2 * g) * g;
       const T m_hat = m / bc1;
-      const T rectified_direction = (m_hat * (bc2_sqrt / (std::sqrt(v) + eps))) * r;
-      d = rectified ? rectified_direction : m_hat;
+      if constexpr (kFlag1) {  // rectified
+        d = (m_hat * (bc2_sqrt / (std::sqrt(v) + eps))) * r;
+      } else {
+        d = m_hat;
+      }
       s0[i] = m;
       s1[i] = v;
     } else if constexpr (kFamily == kAdamax) {
@@ -144,7 +149,14 @@ void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, const T* c) {
       const T eta_plus = c[0], eta_minus = c[1], step_min = c[2], step_max = c[3];
       const T q = g * s0[i];
       const T factor = q > T(0) ? eta_plus : (q < T(0) ? eta_minus : T(1));
-      const T s = MinNan(MaxNan(step_min, s1[i] * factor), step_max);
+      T s;
+      if constexpr (kFlag1) {  // step_min, step_max are numbers: compare-and-select keeps a NaN s as MaxNan would
+        const T scaled = s1[i] * factor;
+        const T low = step_min > scaled ? step_min : scaled;
+        s = step_max < low ? step_max : low;
+      } else {
+        s = MinNan(MaxNan(step_min, s1[i] * factor), step_max);
+      }
       const T kept = q < T(0) ? T(0) : g;
       const T sign = kept > T(0) ? T(1) : (kept < T(0) ? T(-1) : kept);  // XLA's sign: +-0 and NaN as they are
       d = -sign * s;
@@ -152,11 +164,10 @@ void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, const T* c) {
       s1[i] = s;
     } else {  // kAsgd
       const T shrink = c[0], eta = c[1], mu = c[2];
-      const bool mu_is_one = c[3] != T(0);
       d = (theta * shrink - eta * g) - theta;
       const T next = theta + d;
       const T ax = s0[i];
-      s0[i] = mu_is_one ? next : ax + (next - ax) * mu;
+      s0[i] = kFlag1 ? next : ax + (next - ax) * mu;
     }
     if (kDecoupled) d = d + wd * theta;
     if constexpr (WritesUpdate(kFamily)) {
@@ -174,6 +185,20 @@ template <typename T, size_t... kIndex>
 constexpr std::array<RangeFn<T>, sizeof...(kIndex)> MakeTable(std::index_sequence<kIndex...>) {
   return {&UpdateRange<T, int(kIndex / kNumFlagSets), bool(kIndex & 8), bool(kIndex & 4), bool(kIndex & 2),
                        bool(kIndex & 1)>...};
+}
+
+// Flag 1 of RAdam (rectified this step), Rprop (both step bounds numbers, not NaN) and ASGD (mu == 1 this step),
+// from the coefficients; the other families' flags as given.
+template <typename T>
+int64_t WithCoefficientFlag(int64_t family, int64_t flags, const T* c) {
+  bool flag1;
+  switch (family) {
+    case kRadam: flag1 = c[7] != T(0); break;
+    case kRprop: flag1 = c[2] == c[2] && c[3] == c[3]; break;
+    case kAsgd: flag1 = c[3] != T(0); break;
+    default: return flags;
+  }
+  return (flags & ~int64_t{4}) | (flag1 ? 4 : 0);
 }
 
 template <typename T>
@@ -214,7 +239,7 @@ ffi::Error Step(ffi::ThreadPool& pool, ffi::AnyBuffer coefs, ffi::RemainingArgs 
   const size_t states = HasTwoStates(int(family)) ? 2 : 1;
   auto work = std::make_shared<Work<T>>();
   std::copy_n(coefs.typed_data<T>(), kNumCoefs, work->coefs.begin());
-  work->fn = Select<T>(family, flags);
+  work->fn = Select<T>(family, WithCoefficientFlag(family, flags, work->coefs.data()));
   auto add_chunks = [&](int64_t leaf, int64_t size) {
     for (int64_t begin = 0; begin < size; begin += kChunk) {
       work->chunks.push_back({leaf, begin, std::min(size, begin + kChunk)});
