@@ -646,7 +646,24 @@ TORCH_SCHEDULERS: dict[str, Callable[[Any, float], Callable]] = {
     "ExponentialLR": lambda s, lr: schedules.exponential_lr(lr, s.gamma),
     "PolynomialLR": lambda s, lr: schedules.polynomial_lr(lr, s.total_iters, s.power),
     "CosineAnnealingLR": lambda s, lr: schedules.cosine_annealing_lr(lr, s.T_max, s.eta_min),
+    "CosineAnnealingWarmRestarts": lambda s, lr: schedules.cosine_annealing_warm_restarts(lr, s.T_0, s.T_mult,
+                                                                                         s.eta_min),
+    # the composites: their schedulers read in turn (each from the same group's initial lr, as in torch)
+    "SequentialLR": lambda s, lr: schedules.sequential_lr([_schedule_of(x, lr, s) for x in s._schedulers],
+                                                          s._milestones),
+    "ChainedScheduler": lambda s, lr: schedules.chained_scheduler([_schedule_of(x, lr, s) for x in s._schedulers]),
 }
+
+
+def _schedule_of(scheduler: Any, lr: float, within: Any = None) -> Callable:
+    """The optimjax schedule of a torch scheduler (`within`: the SequentialLR or ChainedScheduler it is part of)."""
+    name = type(scheduler).__name__
+    if name not in TORCH_SCHEDULERS:
+        part = f" in {type(within).__name__}" if within is not None else ""
+        raise NotImplementedError(f"optimjax.port.from_torch: scheduler={name}{part} is not supported (supported: "
+                                  f"{', '.join(TORCH_SCHEDULERS)}); pass the optimjax.schedules schedule as "
+                                  f"each group's learning rate instead")
+    return TORCH_SCHEDULERS[name](scheduler, lr)
 
 
 def from_torch(optimizer: Any, paths: Any = None, scheduler: Any = None) -> optax.GradientTransformation:
@@ -658,10 +675,11 @@ def from_torch(optimizer: Any, paths: Any = None, scheduler: Any = None) -> opta
       paths: as in `load_state_dict`; needed with more than one param group (each JAX leaf is labelled with the
         group of its torch parameter; a leaf not named is an error at `init`).
       scheduler: None, or the optimizer's torch LR scheduler, of a class in `TORCH_SCHEDULERS` (StepLR,
-        MultiStepLR, ConstantLR, LinearLR, ExponentialLR, PolynomialLR, CosineAnnealingLR): each group's learning
-        rate is then the `optimjax.schedules` schedule from the group's `initial_lr`. Others (OneCycleLR, CyclicLR:
-        they also cycle the momentum; LambdaLR: a Python function; SequentialLR, ChainedScheduler) raise
-        NotImplementedError: build those with `optimjax.schedules` by hand.
+        MultiStepLR, ConstantLR, LinearLR, ExponentialLR, PolynomialLR, CosineAnnealingLR,
+        CosineAnnealingWarmRestarts, and SequentialLR or ChainedScheduler of those): each group's learning rate is
+        then the `optimjax.schedules` schedule from the group's `initial_lr`. Others (OneCycleLR, CyclicLR: they
+        also cycle the momentum; LambdaLR, MultiplicativeLR: a Python function; ReduceLROnPlateau: reads the
+        loss) raise NotImplementedError: build those with `optimjax.schedules` (or `optimjax.plateau`) by hand.
 
     Without a scheduler the learning rate is the group's current `lr` (what the next `step()` would use).
     Hyperparameters that do not change the arithmetic (foreach, fused, capturable, differentiable) are ignored.
@@ -672,14 +690,9 @@ def from_torch(optimizer: Any, paths: Any = None, scheduler: Any = None) -> opta
     if scheduler is None:
         transforms = [build(group, _f(group["lr"])) for group in groups]
     else:
-        name = type(scheduler).__name__
-        if name not in TORCH_SCHEDULERS:
-            raise NotImplementedError(f"{where}: scheduler={name} is not supported (supported: "
-                                      f"{', '.join(TORCH_SCHEDULERS)}); pass the optimjax.schedules schedule as "
-                                      f"each group's learning rate instead")
         if scheduler.optimizer is not optimizer:
             raise ValueError(f"{where}: the scheduler steps another optimizer than the one given")
-        transforms = [build(group, TORCH_SCHEDULERS[name](scheduler, _f(group["initial_lr"]))) for group in groups]
+        transforms = [build(group, _schedule_of(scheduler, _f(group["initial_lr"]))) for group in groups]
     if len(groups) == 1:
         return transforms[0]
     if paths is None:

@@ -21,6 +21,8 @@ from _resume import run_optimjax, run_torch, torch_params
 from cases import Problem, float64
 from optimjax import port
 
+L = torch.optim.lr_scheduler
+
 F32_TOL = 1e-5
 F64_TOL = 1e-11
 DECAY, NO_DECAY = ["w", "conv"], ["b", "scale"]
@@ -137,18 +139,41 @@ def test_two_groups_resume_from_a_torch_checkpoint_and_back():
     lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.5),
     lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=12, eta_min=1e-3),
     lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.2, total_iters=8),
-], ids=["StepLR", "CosineAnnealingLR", "LinearLR"])
+    lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=4, T_mult=2, eta_min=1e-3),
+    lambda o: L.SequentialLR(o, [L.LinearLR(o, start_factor=0.1, total_iters=5),
+                                 L.CosineAnnealingLR(o, T_max=10, eta_min=1e-4), L.ExponentialLR(o, gamma=0.9)],
+                             milestones=[6, 16]),
+    lambda o: L.ChainedScheduler([L.MultiStepLR(o, [5, 11], gamma=0.5), L.LinearLR(o, 0.5, total_iters=9),
+                                  L.ExponentialLR(o, gamma=0.97)]),
+], ids=["StepLR", "CosineAnnealingLR", "LinearLR", "CosineAnnealingWarmRestarts", "SequentialLR",
+        "ChainedScheduler"])
 def test_from_torch_with_a_scheduler(make_scheduler):
     """from_torch(optimizer, paths, scheduler): each group's optimjax schedule from its initial lr, on torch's
-    trajectory with the scheduler stepped after every step (30 steps, past CosineAnnealingLR's T_max)."""
+    trajectory with the scheduler stepped after every step (30 steps, past CosineAnnealingLR's T_max, over three
+    warm restarts, through both of SequentialLR's milestones); the lr of every step is torch's."""
     problem = Problem(seed=24, steps=30)
     params = torch_params(problem.params0)
     optimizer = make_two_groups(params)
     scheduler = make_scheduler(optimizer)
     tx = port.from_torch(optimizer, PATHS, scheduler)
+    read = port.TORCH_SCHEDULERS[type(scheduler).__name__]
+    group_schedules = [read(scheduler, group["initial_lr"]) for group in optimizer.param_groups]
+    lrs, step = [], scheduler.step
+
+    def record_and_step():
+        lrs.append([group["lr"] for group in optimizer.param_groups])  # the lr of the step just taken
+        step()
+
+    scheduler.step = record_and_step
     reference = run_torch(problem, optimizer, params, scheduler=scheduler)
+    assert len(lrs) == problem.steps and len(set(lrs[k][0] for k in range(problem.steps))) > 3
     ours, _ = run_optimjax(problem, tx)
     assert problem.relative_error(ours, reference) < F32_TOL
+    with jax.enable_x64(True):  # each group's learning rate at every step, in float64: torch's
+        for g, schedule in enumerate(group_schedules):
+            got = jax.jit(jax.vmap(schedule))(jnp.arange(problem.steps, dtype=jnp.int32))
+            want = [lr[g] for lr in lrs]
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * max(want), err_msg=f"group {g}")
 
 
 def test_from_torch_refuses_a_scheduler_it_cannot_read():
@@ -156,4 +181,9 @@ def test_from_torch_refuses_a_scheduler_it_cannot_read():
     optimizer = make_two_groups(torch_params(problem.params0))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
     with pytest.raises(NotImplementedError, match=r"scheduler=OneCycleLR is not supported"):
+        port.from_torch(optimizer, PATHS, scheduler)
+    optimizer = make_two_groups(torch_params(problem.params0))
+    warm_up = L.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / 5))
+    scheduler = L.SequentialLR(optimizer, [warm_up, L.CosineAnnealingLR(optimizer, T_max=10)], milestones=[5])
+    with pytest.raises(NotImplementedError, match=r"scheduler=LambdaLR in SequentialLR is not supported"):
         port.from_torch(optimizer, PATHS, scheduler)
