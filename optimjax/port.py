@@ -23,6 +23,7 @@ torch is imported when a function here is called, never by `import optimjax`.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -130,15 +131,17 @@ def _rmsprop_keys(group, shape):
 
 
 def _f(value: Any) -> Any:
-    """A torch hyperparameter (a number, a 0-d tensor, a tuple of them; None) as Python numbers."""
+    """A torch hyperparameter (a number, a 0-d tensor, a tuple of them; None) as Python numbers; a JAX array (a
+    hyperparameter injected by `optax.inject_hyperparams`) as it is."""
     if isinstance(value, (tuple, list)):
         return tuple(_f(v) for v in value)
-    return value if value is None or isinstance(value, bool) else float(value)
+    return value if value is None or isinstance(value, (bool, jax.Array)) else float(value)
 
 
 def _build_sgd(g, lr):
-    return sgd(lr, momentum=_f(g["momentum"]) or None, nesterov=g["nesterov"], dampening=_f(g["dampening"]),
-               weight_decay=_f(g["weight_decay"]), maximize=g["maximize"])
+    momentum = _f(g["momentum"])
+    return sgd(lr, momentum=momentum if isinstance(momentum, jax.Array) else momentum or None, nesterov=g["nesterov"],
+               dampening=_f(g["dampening"]), weight_decay=_f(g["weight_decay"]), maximize=g["maximize"])
 
 
 def _build_adam(g, lr):
@@ -637,33 +640,76 @@ def _scalar_dtype():
 # --- a torch optimizer as an optimjax transformation ----------------------------------------------------------
 
 
-TORCH_SCHEDULERS: dict[str, Callable[[Any, float], Callable]] = {
-    # torch scheduler class -> (scheduler, the group's base lr) -> the optimjax schedule
-    "StepLR": lambda s, lr: schedules.step_lr(lr, s.step_size, s.gamma),
-    "MultiStepLR": lambda s, lr: schedules.multi_step_lr(lr, sorted(s.milestones.elements()), s.gamma),
-    "ConstantLR": lambda s, lr: schedules.constant_lr(lr, s.factor, s.total_iters),
-    "LinearLR": lambda s, lr: schedules.linear_lr(lr, s.start_factor, s.end_factor, s.total_iters),
-    "ExponentialLR": lambda s, lr: schedules.exponential_lr(lr, s.gamma),
-    "PolynomialLR": lambda s, lr: schedules.polynomial_lr(lr, s.total_iters, s.power),
-    "CosineAnnealingLR": lambda s, lr: schedules.cosine_annealing_lr(lr, s.T_max, s.eta_min),
-    "CosineAnnealingWarmRestarts": lambda s, lr: schedules.cosine_annealing_warm_restarts(lr, s.T_0, s.T_mult,
+def _one_cycle(s: Any) -> dict[str, Any]:
+    """The arguments of `schedules.one_cycle_lr` / `one_cycle_momentum` shared by every group of torch's
+    OneCycleLR `s` (which keeps its phases in the scheduler; each group's peak, first and last lr and momenta in
+    the group)."""
+    phases = s._schedule_phases
+    return dict(total_steps=s.total_steps, pct_start=(float(phases[0]["end_step"]) + 1) / s.total_steps,
+                anneal_strategy=s._anneal_func_type, three_phase=len(phases) == 3)
+
+
+def _one_cycle_lr(s: Any, group: dict) -> Callable:
+    top, first, last = _f(group["max_lr"]), _f(group["initial_lr"]), _f(group["min_lr"])
+    return schedules.one_cycle_lr(top, div_factor=top / first, final_div_factor=first / last, **_one_cycle(s))
+
+
+# The optimizers whose momentum torch's OneCycleLR may cycle (cycle_momentum=True), and the group key it sets.
+CYCLED_MOMENTUM = {"SGD": "momentum", "Adam": "betas", "NAdam": "betas"}
+
+
+def _cycled_momentum(where: str, scheduler: Any, group: dict, torch_name: str) -> Callable | None:
+    """The schedule torch's OneCycleLR gives the group's momentum (Adam's beta1, SGD's momentum), or None."""
+    if type(scheduler).__name__ != "OneCycleLR" or not scheduler.cycle_momentum:
+        return None
+    if torch_name not in CYCLED_MOMENTUM:
+        raise NotImplementedError(f"{where}: OneCycleLR cycles the momentum of {torch_name}, which from_torch "
+                                  f"reads only for {', '.join(CYCLED_MOMENTUM)}: pass cycle_momentum=False, or build "
+                                  f"the optimizer with optimjax.schedules.one_cycle_momentum through "
+                                  f"optax.inject_hyperparams by hand")
+    return schedules.one_cycle_momentum(base_momentum=_f(group["base_momentum"]),
+                                        max_momentum=_f(group["max_momentum"]), **_one_cycle(scheduler))
+
+
+def _with_momentum(build: Callable, group: dict, key: str, learning_rate: Any, momentum: Any):
+    """`build(group, learning_rate)` with the group's momentum (SGD's `momentum`, or beta1 of `betas`) replaced."""
+    group = dict(group, **{key: (momentum, *group["betas"][1:]) if key == "betas" else momentum})
+    return build(group, learning_rate)
+
+
+TORCH_SCHEDULERS: dict[str, Callable[[Any, dict], Callable]] = {
+    # torch scheduler class -> (scheduler, a param group) -> the optimjax schedule of that group's lr
+    "StepLR": lambda s, g: schedules.step_lr(_lr(g), s.step_size, s.gamma),
+    "MultiStepLR": lambda s, g: schedules.multi_step_lr(_lr(g), sorted(s.milestones.elements()), s.gamma),
+    "ConstantLR": lambda s, g: schedules.constant_lr(_lr(g), s.factor, s.total_iters),
+    "LinearLR": lambda s, g: schedules.linear_lr(_lr(g), s.start_factor, s.end_factor, s.total_iters),
+    "ExponentialLR": lambda s, g: schedules.exponential_lr(_lr(g), s.gamma),
+    "PolynomialLR": lambda s, g: schedules.polynomial_lr(_lr(g), s.total_iters, s.power),
+    "CosineAnnealingLR": lambda s, g: schedules.cosine_annealing_lr(_lr(g), s.T_max, s.eta_min),
+    "CosineAnnealingWarmRestarts": lambda s, g: schedules.cosine_annealing_warm_restarts(_lr(g), s.T_0, s.T_mult,
                                                                                          s.eta_min),
+    "OneCycleLR": _one_cycle_lr,  # and, with cycle_momentum, the momentum: _cycled_momentum
     # the composites: their schedulers read in turn (each from the same group's initial lr, as in torch)
-    "SequentialLR": lambda s, lr: schedules.sequential_lr([_schedule_of(x, lr, s) for x in s._schedulers],
+    "SequentialLR": lambda s, g: schedules.sequential_lr([_schedule_of(x, g, s) for x in s._schedulers],
                                                           s._milestones),
-    "ChainedScheduler": lambda s, lr: schedules.chained_scheduler([_schedule_of(x, lr, s) for x in s._schedulers]),
+    "ChainedScheduler": lambda s, g: schedules.chained_scheduler([_schedule_of(x, g, s) for x in s._schedulers]),
 }
 
 
-def _schedule_of(scheduler: Any, lr: float, within: Any = None) -> Callable:
-    """The optimjax schedule of a torch scheduler (`within`: the SequentialLR or ChainedScheduler it is part of)."""
+def _lr(group: dict) -> float:
+    return _f(group["initial_lr"])
+
+
+def _schedule_of(scheduler: Any, group: dict, within: Any = None) -> Callable:
+    """The optimjax schedule of a torch scheduler for `group`'s lr (`within`: the SequentialLR or ChainedScheduler
+    it is part of)."""
     name = type(scheduler).__name__
     if name not in TORCH_SCHEDULERS:
         part = f" in {type(within).__name__}" if within is not None else ""
         raise NotImplementedError(f"optimjax.port.from_torch: scheduler={name}{part} is not supported (supported: "
                                   f"{', '.join(TORCH_SCHEDULERS)}); pass the optimjax.schedules schedule as "
                                   f"each group's learning rate instead")
-    return TORCH_SCHEDULERS[name](scheduler, lr)
+    return TORCH_SCHEDULERS[name](scheduler, group)
 
 
 def from_torch(optimizer: Any, paths: Any = None, scheduler: Any = None) -> optax.GradientTransformation:
@@ -676,23 +722,35 @@ def from_torch(optimizer: Any, paths: Any = None, scheduler: Any = None) -> opta
         group of its torch parameter; a leaf not named is an error at `init`).
       scheduler: None, or the optimizer's torch LR scheduler, of a class in `TORCH_SCHEDULERS` (StepLR,
         MultiStepLR, ConstantLR, LinearLR, ExponentialLR, PolynomialLR, CosineAnnealingLR,
-        CosineAnnealingWarmRestarts, and SequentialLR or ChainedScheduler of those): each group's learning rate is
-        then the `optimjax.schedules` schedule from the group's `initial_lr`. Others (OneCycleLR, CyclicLR: they
-        also cycle the momentum; LambdaLR, MultiplicativeLR: a Python function; ReduceLROnPlateau: reads the
-        loss) raise NotImplementedError: build those with `optimjax.schedules` (or `optimjax.plateau`) by hand.
+        CosineAnnealingWarmRestarts, OneCycleLR, and SequentialLR or ChainedScheduler of those): each group's
+        learning rate is then the `optimjax.schedules` schedule of that group (from its `initial_lr`; OneCycleLR's
+        from its `max_lr`, `initial_lr` and `min_lr`). OneCycleLR with `cycle_momentum=True` (its default) also
+        cycles the momentum, SGD's or Adam's / AdamW's / NAdam's beta1: that group's optimizer is then built
+        through `optax.inject_hyperparams` with `learning_rate` and `momentum` as its hyperparameters. Others
+        (CyclicLR; LambdaLR, MultiplicativeLR: a Python function; ReduceLROnPlateau: reads the loss) raise
+        NotImplementedError: build those with `optimjax.schedules` (or `optimjax.plateau`) by hand.
 
     Without a scheduler the learning rate is the group's current `lr` (what the next `step()` would use).
     Hyperparameters that do not change the arithmetic (foreach, fused, capturable, differentiable) are ignored.
     """
     where = "optimjax.port.from_torch"
     groups = optimizer.param_groups
-    build = TORCH_OPTIMIZERS[_torch_class(where, groups)].build
+    torch_name = _torch_class(where, groups)
+    build = TORCH_OPTIMIZERS[torch_name].build
     if scheduler is None:
         transforms = [build(group, _f(group["lr"])) for group in groups]
     else:
         if scheduler.optimizer is not optimizer:
             raise ValueError(f"{where}: the scheduler steps another optimizer than the one given")
-        transforms = [build(group, _schedule_of(scheduler, _f(group["initial_lr"]))) for group in groups]
+        transforms = []
+        for group in groups:
+            lr, momentum = _schedule_of(scheduler, group), _cycled_momentum(where, scheduler, group, torch_name)
+            if momentum is None:
+                transforms.append(build(group, lr))
+            else:  # torch sets the group's momentum every step: an injected hyperparameter
+                key = CYCLED_MOMENTUM[torch_name]
+                cycled = optax.inject_hyperparams(functools.partial(_with_momentum, build, group, key))
+                transforms.append(cycled(learning_rate=lr, momentum=momentum))
     if len(groups) == 1:
         return transforms[0]
     if paths is None:

@@ -145,23 +145,32 @@ def test_two_groups_resume_from_a_torch_checkpoint_and_back():
                              milestones=[6, 16]),
     lambda o: L.ChainedScheduler([L.MultiStepLR(o, [5, 11], gamma=0.5), L.LinearLR(o, 0.5, total_iters=9),
                                   L.ExponentialLR(o, gamma=0.97)]),
+    lambda o: L.OneCycleLR(o, max_lr=[0.05, 0.02], total_steps=30, pct_start=0.4, cycle_momentum=False),
+    lambda o: L.OneCycleLR(o, max_lr=0.05, total_steps=30, div_factor=10.0, final_div_factor=100.0),
+    lambda o: L.OneCycleLR(o, max_lr=[0.05, 0.02], epochs=3, steps_per_epoch=10, anneal_strategy="linear",
+                           three_phase=True, base_momentum=0.8, max_momentum=0.9),
 ], ids=["StepLR", "CosineAnnealingLR", "LinearLR", "CosineAnnealingWarmRestarts", "SequentialLR",
-        "ChainedScheduler"])
+        "ChainedScheduler", "OneCycleLR-lr-only", "OneCycleLR", "OneCycleLR-three-phase"])
 def test_from_torch_with_a_scheduler(make_scheduler):
-    """from_torch(optimizer, paths, scheduler): each group's optimjax schedule from its initial lr, on torch's
-    trajectory with the scheduler stepped after every step (30 steps, past CosineAnnealingLR's T_max, over three
-    warm restarts, through both of SequentialLR's milestones); the lr of every step is torch's."""
+    """from_torch(optimizer, paths, scheduler): each group's optimjax schedule, on torch's trajectory with the
+    scheduler stepped after every step (30 steps, past CosineAnnealingLR's T_max, over three warm restarts, through
+    both of SequentialLR's milestones, the whole of OneCycleLR's cycle); the lr of every step is torch's, and so
+    is beta1 where OneCycleLR cycles it (AdamW's groups)."""
     problem = Problem(seed=24, steps=30)
     params = torch_params(problem.params0)
     optimizer = make_two_groups(params)
     scheduler = make_scheduler(optimizer)
     tx = port.from_torch(optimizer, PATHS, scheduler)
     read = port.TORCH_SCHEDULERS[type(scheduler).__name__]
-    group_schedules = [read(scheduler, group["initial_lr"]) for group in optimizer.param_groups]
+    group_schedules = [read(scheduler, group) for group in optimizer.param_groups]
+    cycled = getattr(scheduler, "cycle_momentum", False)
+    if cycled:  # beta1's schedule: the injected hyperparameter of each group's transformation
+        group_schedules += [port._cycled_momentum("test", scheduler, group, "Adam") for group in optimizer.param_groups]
     lrs, step = [], scheduler.step
 
-    def record_and_step():
-        lrs.append([group["lr"] for group in optimizer.param_groups])  # the lr of the step just taken
+    def record_and_step():  # the lr (and beta1) of the step just taken
+        lrs.append([group["lr"] for group in optimizer.param_groups]
+                   + ([group["betas"][0] for group in optimizer.param_groups] if cycled else []))
         step()
 
     scheduler.step = record_and_step
@@ -176,12 +185,53 @@ def test_from_torch_with_a_scheduler(make_scheduler):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * max(want), err_msg=f"group {g}")
 
 
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_from_torch_with_one_cycle_cycling_sgds_momentum(nesterov):
+    """OneCycleLR on SGD (torch overwrites the group's momentum with max_momentum, then cycles it every step):
+    from_torch's transformation follows torch's trajectory, float32 and float64, through the whole cycle."""
+    errors = []
+    for dtype in (np.float32, np.float64):
+        with float64() if dtype == np.float64 else _nothing():
+            problem = Problem(seed=26, steps=25, dtype=dtype)
+            params = torch_params(problem.params0)
+            optimizer = torch.optim.SGD(params.values(), lr=0.1, momentum=0.5, nesterov=nesterov, weight_decay=1e-3)
+            scheduler = L.OneCycleLR(optimizer, max_lr=0.2, total_steps=25, pct_start=0.2, base_momentum=0.7)
+            tx = port.from_torch(optimizer, scheduler=scheduler)
+            reference = run_torch(problem, optimizer, params, scheduler=scheduler)
+            ours, _ = run_optimjax(problem, tx)
+            errors.append(problem.relative_error(ours, reference))
+    check(errors)
+
+
+def test_from_torch_with_one_cycle_resumes_from_a_torch_checkpoint():
+    """AdamW's two groups under OneCycleLR (lr and beta1 cycled), resumed at step 12 from torch's state_dict:
+    port.load_state_dict sets the injected hyperparameters' count, so both schedules continue where torch's
+    scheduler is; the next 12 steps are torch's."""
+    problem = Problem(seed=27, steps=24)
+    params = torch_params(problem.params0)
+    optimizer = make_two_groups(params)
+    scheduler = L.OneCycleLR(optimizer, max_lr=[0.05, 0.02], total_steps=24)
+    tx = port.from_torch(optimizer, PATHS, scheduler)
+    before = run_torch(problem, optimizer, params, 0, 12, scheduler)
+    saved = copy.deepcopy(optimizer.state_dict())
+    reference = run_torch(problem, optimizer, params, 12, 12, scheduler)
+    state = port.load_state_dict(tx, before[-1], saved, PATHS)
+    ours, _ = run_optimjax(problem, tx, before[-1], state, 12, 12)
+    assert problem.relative_error(ours, reference) < F32_TOL
+    fresh, _ = run_optimjax(problem, tx, before[-1], tx.init(before[-1]), 12, 12)  # schedules from step 0: not torch's
+    assert problem.relative_error(fresh, reference) > 100 * F32_TOL
+
+
 def test_from_torch_refuses_a_scheduler_it_cannot_read():
     problem = Problem(seed=25, steps=2)
     optimizer = make_two_groups(torch_params(problem.params0))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
-    with pytest.raises(NotImplementedError, match=r"scheduler=OneCycleLR is not supported"):
+    scheduler = L.CyclicLR(optimizer, base_lr=1e-3, max_lr=0.1, cycle_momentum=False)
+    with pytest.raises(NotImplementedError, match=r"scheduler=CyclicLR is not supported"):
         port.from_torch(optimizer, PATHS, scheduler)
+    optimizer = torch.optim.RAdam(torch_params(problem.params0).values(), lr=1e-2)
+    with pytest.raises(NotImplementedError, match=r"OneCycleLR cycles the momentum of RAdam.*cycle_momentum=False"):
+        port.from_torch(optimizer, scheduler=L.OneCycleLR(optimizer, max_lr=0.1, total_steps=10))
     optimizer = make_two_groups(torch_params(problem.params0))
     warm_up = L.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / 5))
     scheduler = L.SequentialLR(optimizer, [warm_up, L.CosineAnnealingLR(optimizer, T_max=10)], milestones=[5])
