@@ -147,10 +147,14 @@ class Chromium:
                                                 "returnByValue": True}, session=session, events=events)
         if "exceptionDetails" in result:
             raise RuntimeError(f"{url}: {result['exceptionDetails']}")
+        # this tab's events only: a request of the previous tab can fail after that tab is closed, and its event
+        # then arrives among this tab's (its URL was in the previous tab's events: it would read "?" here)
+        events = [e for e in events if e.get("sessionId") == session]
         requests = {e["params"]["requestId"]: e["params"]["request"]["url"] for e in events
                     if e["method"] == "Network.requestWillBeSent"}
         failed = [f"{requests.get(e['params']['requestId'], '?')}: {e['params']['errorText']}" for e in events
                   if e["method"] == "Network.loadingFailed"]
+        assert url in requests.values(), f"{url}: none of the tab's requests were seen (the page's own included)"
         self.call("Target.closeTarget", {"targetId": target})
         return result["result"]["value"], failed
 
