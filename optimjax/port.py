@@ -654,21 +654,44 @@ def _one_cycle_lr(s: Any, group: dict) -> Callable:
     return schedules.one_cycle_lr(top, div_factor=top / first, final_div_factor=first / last, **_one_cycle(s))
 
 
-# The optimizers whose momentum torch's OneCycleLR may cycle (cycle_momentum=True), and the group key it sets.
+def _cyclic(s: Any) -> dict[str, Any]:
+    """The arguments of `schedules.cyclic_lr` / `cyclic_momentum` that give torch's CyclicLR `s` (which keeps the
+    cycle as total_size and step_ratio, floats of the integer step sizes)."""
+    up = int(round(s.total_size * s.step_ratio))
+    return dict(step_size_up=up, step_size_down=int(round(s.total_size)) - up, mode=s.mode, gamma=_f(s.gamma),
+                scale_fn=s._scale_fn_custom, scale_mode=s.scale_mode)
+
+
+def _group_index(s: Any, group: dict) -> int:
+    return next(i for i, g in enumerate(s.optimizer.param_groups) if g is group)
+
+
+def _cyclic_lr(s: Any, group: dict) -> Callable:
+    i = _group_index(s, group)
+    return schedules.cyclic_lr(_f(s.base_lrs[i]), _f(s.max_lrs[i]), **_cyclic(s))
+
+
+# The optimizers whose momentum torch's OneCycleLR and CyclicLR may cycle (cycle_momentum=True), and the group key
+# they set.
 CYCLED_MOMENTUM = {"SGD": "momentum", "Adam": "betas", "NAdam": "betas"}
 
 
 def _cycled_momentum(where: str, scheduler: Any, group: dict, torch_name: str) -> Callable | None:
-    """The schedule torch's OneCycleLR gives the group's momentum (Adam's beta1, SGD's momentum), or None."""
-    if type(scheduler).__name__ != "OneCycleLR" or not scheduler.cycle_momentum:
+    """The schedule torch's OneCycleLR or CyclicLR gives the group's momentum (Adam's beta1, SGD's momentum), or
+    None when the scheduler leaves the momentum alone."""
+    name = type(scheduler).__name__
+    if name not in ("OneCycleLR", "CyclicLR") or not scheduler.cycle_momentum:
         return None
     if torch_name not in CYCLED_MOMENTUM:
-        raise NotImplementedError(f"{where}: OneCycleLR cycles the momentum of {torch_name}, which from_torch "
+        make = "one_cycle_momentum" if name == "OneCycleLR" else "cyclic_momentum"
+        raise NotImplementedError(f"{where}: {name} cycles the momentum of {torch_name}, which from_torch "
                                   f"reads only for {', '.join(CYCLED_MOMENTUM)}: pass cycle_momentum=False, or build "
-                                  f"the optimizer with optimjax.schedules.one_cycle_momentum through "
-                                  f"optax.inject_hyperparams by hand")
-    return schedules.one_cycle_momentum(base_momentum=_f(group["base_momentum"]),
-                                        max_momentum=_f(group["max_momentum"]), **_one_cycle(scheduler))
+                                  f"the optimizer with optimjax.schedules.{make} through optax.inject_hyperparams "
+                                  f"by hand")
+    low, high = _f(group["base_momentum"]), _f(group["max_momentum"])
+    if name == "OneCycleLR":
+        return schedules.one_cycle_momentum(base_momentum=low, max_momentum=high, **_one_cycle(scheduler))
+    return schedules.cyclic_momentum(low, high, **_cyclic(scheduler))
 
 
 def _with_momentum(build: Callable, group: dict, key: str, learning_rate: Any, momentum: Any):
@@ -689,6 +712,7 @@ TORCH_SCHEDULERS: dict[str, Callable[[Any, dict], Callable]] = {
     "CosineAnnealingWarmRestarts": lambda s, g: schedules.cosine_annealing_warm_restarts(_lr(g), s.T_0, s.T_mult,
                                                                                          s.eta_min),
     "OneCycleLR": _one_cycle_lr,  # and, with cycle_momentum, the momentum: _cycled_momentum
+    "CyclicLR": _cyclic_lr,  # likewise
     # the composites: their schedulers read in turn (each from the same group's initial lr, as in torch)
     "SequentialLR": lambda s, g: schedules.sequential_lr([_schedule_of(x, g, s) for x in s._schedulers],
                                                           s._milestones),
@@ -722,13 +746,14 @@ def from_torch(optimizer: Any, paths: Any = None, scheduler: Any = None) -> opta
         group of its torch parameter; a leaf not named is an error at `init`).
       scheduler: None, or the optimizer's torch LR scheduler, of a class in `TORCH_SCHEDULERS` (StepLR,
         MultiStepLR, ConstantLR, LinearLR, ExponentialLR, PolynomialLR, CosineAnnealingLR,
-        CosineAnnealingWarmRestarts, OneCycleLR, and SequentialLR or ChainedScheduler of those): each group's
-        learning rate is then the `optimjax.schedules` schedule of that group (from its `initial_lr`; OneCycleLR's
-        from its `max_lr`, `initial_lr` and `min_lr`). OneCycleLR with `cycle_momentum=True` (its default) also
-        cycles the momentum, SGD's or Adam's / AdamW's / NAdam's beta1: that group's optimizer is then built
-        through `optax.inject_hyperparams` with `learning_rate` and `momentum` as its hyperparameters. Others
-        (CyclicLR; LambdaLR, MultiplicativeLR: a Python function; ReduceLROnPlateau: reads the loss) raise
-        NotImplementedError: build those with `optimjax.schedules` (or `optimjax.plateau`) by hand.
+        CosineAnnealingWarmRestarts, OneCycleLR, CyclicLR, and SequentialLR or ChainedScheduler of those): each
+        group's learning rate is then the `optimjax.schedules` schedule of that group (from its `initial_lr`;
+        OneCycleLR's from its `max_lr`, `initial_lr` and `min_lr`, CyclicLR's from its base and max lr).
+        OneCycleLR and CyclicLR with `cycle_momentum=True` (their default) also cycle the momentum, SGD's or
+        Adam's / AdamW's / NAdam's beta1: that group's optimizer is then built through `optax.inject_hyperparams`
+        with `learning_rate` and `momentum` as its hyperparameters. Others (LambdaLR, MultiplicativeLR: a Python
+        function; ReduceLROnPlateau: reads the loss) raise NotImplementedError: build those with
+        `optimjax.schedules` (or `optimjax.plateau`) by hand.
 
     Without a scheduler the learning rate is the group's current `lr` (what the next `step()` would use).
     Hyperparameters that do not change the arithmetic (foreach, fused, capturable, differentiable) are ignored.

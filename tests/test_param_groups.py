@@ -149,13 +149,18 @@ def test_two_groups_resume_from_a_torch_checkpoint_and_back():
     lambda o: L.OneCycleLR(o, max_lr=0.05, total_steps=30, div_factor=10.0, final_div_factor=100.0),
     lambda o: L.OneCycleLR(o, max_lr=[0.05, 0.02], epochs=3, steps_per_epoch=10, anneal_strategy="linear",
                            three_phase=True, base_momentum=0.8, max_momentum=0.9),
+    lambda o: L.CyclicLR(o, base_lr=[1e-3, 5e-4], max_lr=[0.05, 0.02], step_size_up=4, step_size_down=6),
+    lambda o: L.CyclicLR(o, 1e-3, 0.04, step_size_up=5, mode="triangular2", cycle_momentum=False),
+    lambda o: L.CyclicLR(o, 1e-3, 0.04, step_size_up=3, step_size_down=4, mode="exp_range", gamma=0.97,
+                         base_momentum=0.7, max_momentum=0.95),
 ], ids=["StepLR", "CosineAnnealingLR", "LinearLR", "CosineAnnealingWarmRestarts", "SequentialLR",
-        "ChainedScheduler", "OneCycleLR-lr-only", "OneCycleLR", "OneCycleLR-three-phase"])
+        "ChainedScheduler", "OneCycleLR-lr-only", "OneCycleLR", "OneCycleLR-three-phase", "CyclicLR",
+        "CyclicLR-triangular2-lr-only", "CyclicLR-exp_range"])
 def test_from_torch_with_a_scheduler(make_scheduler):
     """from_torch(optimizer, paths, scheduler): each group's optimjax schedule, on torch's trajectory with the
     scheduler stepped after every step (30 steps, past CosineAnnealingLR's T_max, over three warm restarts, through
-    both of SequentialLR's milestones, the whole of OneCycleLR's cycle); the lr of every step is torch's, and so
-    is beta1 where OneCycleLR cycles it (AdamW's groups)."""
+    both of SequentialLR's milestones, the whole of OneCycleLR's cycle, three of CyclicLR's); the lr of every step
+    is torch's, and so is beta1 where OneCycleLR or CyclicLR cycles it (AdamW's groups)."""
     problem = Problem(seed=24, steps=30)
     params = torch_params(problem.params0)
     optimizer = make_two_groups(params)
@@ -186,17 +191,21 @@ def test_from_torch_with_a_scheduler(make_scheduler):
 
 
 
+@pytest.mark.parametrize("make_scheduler", [
+    lambda o: L.OneCycleLR(o, max_lr=0.2, total_steps=25, pct_start=0.2, base_momentum=0.7),
+    lambda o: L.CyclicLR(o, 0.01, 0.2, step_size_up=3, step_size_down=5, mode="triangular2", base_momentum=0.6),
+], ids=["OneCycleLR", "CyclicLR"])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_from_torch_with_one_cycle_cycling_sgds_momentum(nesterov):
-    """OneCycleLR on SGD (torch overwrites the group's momentum with max_momentum, then cycles it every step):
-    from_torch's transformation follows torch's trajectory, float32 and float64, through the whole cycle."""
+def test_from_torch_cycling_sgds_momentum(nesterov, make_scheduler):
+    """OneCycleLR and CyclicLR on SGD (torch overwrites the group's momentum with max_momentum, then cycles it
+    every step): from_torch's transformation follows torch's trajectory, float32 and float64, over 25 steps."""
     errors = []
     for dtype in (np.float32, np.float64):
         with float64() if dtype == np.float64 else _nothing():
             problem = Problem(seed=26, steps=25, dtype=dtype)
             params = torch_params(problem.params0)
             optimizer = torch.optim.SGD(params.values(), lr=0.1, momentum=0.5, nesterov=nesterov, weight_decay=1e-3)
-            scheduler = L.OneCycleLR(optimizer, max_lr=0.2, total_steps=25, pct_start=0.2, base_momentum=0.7)
+            scheduler = make_scheduler(optimizer)
             tx = port.from_torch(optimizer, scheduler=scheduler)
             reference = run_torch(problem, optimizer, params, scheduler=scheduler)
             ours, _ = run_optimjax(problem, tx)
@@ -226,8 +235,8 @@ def test_from_torch_with_one_cycle_resumes_from_a_torch_checkpoint():
 def test_from_torch_refuses_a_scheduler_it_cannot_read():
     problem = Problem(seed=25, steps=2)
     optimizer = make_two_groups(torch_params(problem.params0))
-    scheduler = L.CyclicLR(optimizer, base_lr=1e-3, max_lr=0.1, cycle_momentum=False)
-    with pytest.raises(NotImplementedError, match=r"scheduler=CyclicLR is not supported"):
+    scheduler = L.LambdaLR(optimizer, lambda k: 0.9**k)
+    with pytest.raises(NotImplementedError, match=r"scheduler=LambdaLR is not supported"):
         port.from_torch(optimizer, PATHS, scheduler)
     optimizer = torch.optim.RAdam(torch_params(problem.params0).values(), lr=1e-2)
     with pytest.raises(NotImplementedError, match=r"OneCycleLR cycles the momentum of RAdam.*cycle_momentum=False"):
