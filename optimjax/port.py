@@ -728,11 +728,15 @@ def _schedule_of(scheduler: Any, group: dict, within: Any = None) -> Callable:
     """The optimjax schedule of a torch scheduler for `group`'s lr (`within`: the SequentialLR or ChainedScheduler
     it is part of)."""
     name = type(scheduler).__name__
+    part = f" in {type(within).__name__}" if within is not None else ""
     if name not in TORCH_SCHEDULERS:
-        part = f" in {type(within).__name__}" if within is not None else ""
         raise NotImplementedError(f"optimjax.port.from_torch: scheduler={name}{part} is not supported (supported: "
                                   f"{', '.join(TORCH_SCHEDULERS)}); pass the optimjax.schedules schedule as "
                                   f"each group's learning rate instead")
+    if within is not None and getattr(scheduler, "cycle_momentum", False):  # its lr alone would be silently wrong
+        raise NotImplementedError(f"optimjax.port.from_torch: scheduler={name}{part} cycles the momentum, which "
+                                  f"from_torch reads only for a {name} on its own: pass cycle_momentum=False, or "
+                                  f"build the optimizer with optimjax.schedules through optax.inject_hyperparams")
     return TORCH_SCHEDULERS[name](scheduler, group)
 
 

@@ -246,3 +246,10 @@ def test_from_torch_refuses_a_scheduler_it_cannot_read():
     scheduler = L.SequentialLR(optimizer, [warm_up, L.CosineAnnealingLR(optimizer, T_max=10)], milestones=[5])
     with pytest.raises(NotImplementedError, match=r"scheduler=LambdaLR in SequentialLR is not supported"):
         port.from_torch(optimizer, PATHS, scheduler)
+    optimizer = make_two_groups(torch_params(problem.params0))  # a momentum cycle inside SequentialLR: refused
+    cycle = L.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+    scheduler = L.SequentialLR(optimizer, [L.ConstantLR(optimizer, total_iters=3), cycle], milestones=[3])
+    with pytest.raises(NotImplementedError, match=r"scheduler=OneCycleLR in SequentialLR cycles the momentum"):
+        port.from_torch(optimizer, PATHS, scheduler)
+    cycle.cycle_momentum = False  # its lr alone is read
+    port.from_torch(optimizer, PATHS, scheduler)
