@@ -47,8 +47,8 @@ def zero_after(x: jax.Array) -> jax.Array:
     reads the old step sizes after they are overwritten, and copies them too. bench/README.md (peak memory) has
     the measurement.
     """
-    zero = like(0, x)
-    return lax.select(lax.ne(x, x), lax.full_like(x, 0), lax.min(lax.abs(x), zero))
+    zeros = lax.full_like(x, 0)
+    return lax.select(lax.ne(x, x), zeros, lax.min(lax.abs(x), zeros))
 
 
 def scale_by_rprop(

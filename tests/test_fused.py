@@ -297,7 +297,6 @@ def test_one_step_of_the_new_families_is_torchs_float32_arithmetic_bit_for_bit(k
         assert new_state[-1].mu == np.float32(1 / max(1, t - hyper["t0"]))
 
 
-
 @pytest.mark.parametrize("bounds", [(np.nan, 50.0), (1e-6, np.nan)], ids=["step_min", "step_max"])
 def test_rprop_kernel_clamps_to_a_nan_bound_as_jnp_clip_does(bounds):
     """A step bound is NaN only when it is traced (a concrete NaN is refused): the kernel then takes its
@@ -326,6 +325,7 @@ def test_rprop_kernel_clamps_to_a_nan_bound_as_jnp_clip_does(bounds):
     np.testing.assert_array_equal(np.asarray(new_state[-1].step_size), want_sizes)
     np.testing.assert_array_equal(np.asarray(new_state[-1].prev), want_prev)
     np.testing.assert_array_equal(np.asarray(new_p), want_p)
+
 
 def _xla_step(fused):
     def step(g, s, p):
